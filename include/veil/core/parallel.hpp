@@ -1,0 +1,109 @@
+// The only file that spells `#pragma omp`. Everything parallel in veil goes through parallel_for,
+// whose partition depends only on (first, last, grain) and the thread count; kernels that reduce
+// across iterations use fixed chunks (see ops/reduce.hpp), so results do not depend on the
+// number of threads beyond rounding.
+#pragma once
+
+#include <algorithm>
+#include <exception>
+#include <mutex>
+
+#include "veil/core/types.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include <Eigen/Core>
+
+namespace veil {
+
+/// Number of threads veil uses for its parallel loops and for Eigen's GEMM.
+inline int num_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+/// Sets the thread count for veil's loops and Eigen's GEMM (OpenMP's global setting).
+inline void set_num_threads(int count) {
+  count = std::max(count, 1);
+#ifdef _OPENMP
+  omp_set_num_threads(count);
+#endif
+  Eigen::setNbThreads(count);
+}
+
+/// Index of the calling thread inside a parallel region (0 outside).
+inline int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+/// True inside a veil/OpenMP parallel region: nested work then runs serially.
+inline bool in_parallel_region() {
+#ifdef _OPENMP
+  return omp_in_parallel() != 0;
+#else
+  return false;
+#endif
+}
+
+/// Calls fn(begin, end) on disjoint chunks covering [first, last). Runs serially when the range
+/// has at most `grain` iterations or when already inside a parallel region. An exception thrown
+/// by fn is rethrown on the calling thread after the loop.
+template <class Fn>
+void parallel_for(Index first, Index last, Index grain, Fn&& fn) {
+  const Index count = last - first;
+  if (count <= 0) return;
+  const int threads = num_threads();
+  if (count <= std::max<Index>(grain, 1) || threads <= 1 || in_parallel_region()) {
+    fn(first, last);
+    return;
+  }
+  const Index chunks = std::min<Index>(threads, (count + grain - 1) / std::max<Index>(grain, 1));
+  std::exception_ptr error;
+  std::mutex error_mutex;
+#pragma omp parallel for num_threads(static_cast<int>(chunks)) schedule(static, 1)
+  for (Index chunk = 0; chunk < chunks; ++chunk) {
+    const Index begin = first + count * chunk / chunks;
+    const Index end = first + count * (chunk + 1) / chunks;
+    try {
+      fn(begin, end);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+/// Calls fn(item) for every item in [0, count), handing items to threads one at a time as they
+/// free up. For work items of uneven cost (attention tiles under causal or document masks).
+template <class Fn>
+void parallel_for_dynamic(Index count, Fn&& fn) {
+  if (count <= 0) return;
+  if (count == 1 || num_threads() <= 1 || in_parallel_region()) {
+    for (Index item = 0; item < count; ++item) fn(item);
+    return;
+  }
+  std::exception_ptr error;
+  std::mutex error_mutex;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (Index item = 0; item < count; ++item) {
+    try {
+      fn(item);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace veil

@@ -1,0 +1,6 @@
+// Front door of the ops layer: every differentiable function on tensors.
+#pragma once
+
+#include "veil/autograd.hpp"
+#include "veil/ops/elementwise.hpp"
+#include "veil/ops/shape_ops.hpp"

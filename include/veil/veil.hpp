@@ -1,0 +1,7 @@
+// Everything veil offers, in layer order.
+#pragma once
+
+#include "veil/core.hpp"
+#include "veil/tensor.hpp"
+#include "veil/autograd.hpp"
+#include "veil/ops.hpp"

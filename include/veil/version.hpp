@@ -1,0 +1,5 @@
+#pragma once
+
+#define VEIL_VERSION_MAJOR 0
+#define VEIL_VERSION_MINOR 1
+#define VEIL_VERSION_PATCH 0

@@ -5,3 +5,4 @@
 #include "veil/tensor.hpp"
 #include "veil/autograd.hpp"
 #include "veil/ops.hpp"
+#include "veil/attention.hpp"

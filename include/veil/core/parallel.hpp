@@ -61,12 +61,13 @@ template <class Fn>
 void parallel_for(Index first, Index last, Index grain, Fn&& fn) {
   const Index count = last - first;
   if (count <= 0) return;
+  grain = std::max<Index>(grain, 1);  // a grain below 1 would give zero or negative chunks
   const int threads = num_threads();
-  if (count <= std::max<Index>(grain, 1) || threads <= 1 || in_parallel_region()) {
+  if (count <= grain || threads <= 1 || in_parallel_region()) {
     fn(first, last);
     return;
   }
-  const Index chunks = std::min<Index>(threads, (count + grain - 1) / std::max<Index>(grain, 1));
+  const Index chunks = std::min<Index>(threads, count / grain + (count % grain != 0));
   std::exception_ptr error;
   std::mutex error_mutex;
 #pragma omp parallel for num_threads(static_cast<int>(chunks)) schedule(static, 1)
@@ -85,10 +86,12 @@ void parallel_for(Index first, Index last, Index grain, Fn&& fn) {
 
 /// Calls fn(item) for every item in [0, count), handing items to threads one at a time as they
 /// free up. For work items of uneven cost (attention tiles under causal or document masks).
+/// With more than one thread it always opens a parallel region, even for a single item, so
+/// Eigen products inside fn run serially (Eigen only parallelises outside an active region).
 template <class Fn>
 void parallel_for_dynamic(Index count, Fn&& fn) {
   if (count <= 0) return;
-  if (count == 1 || num_threads() <= 1 || in_parallel_region()) {
+  if (num_threads() <= 1 || in_parallel_region()) {
     for (Index item = 0; item < count; ++item) fn(item);
     return;
   }

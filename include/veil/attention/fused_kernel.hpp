@@ -1,0 +1,360 @@
+// The fused masked-attention kernels: FlashAttention-2 (Dao 2023, arXiv 2307.08691) on CPU.
+//
+// Glossary: B batch, H query heads, Hkv key/value heads (H % Hkv == 0, group G = H / Hkv),
+// Lq / Lk query / key length, D query/key head dim, Dv value head dim.
+// q: [B, H, Lq, D]  k: [B, Hkv, Lk, D]  v: [B, Hkv, Lk, Dv]  ->  out: [B, H, Lq, Dv], lse: [B, H, Lq]
+//
+// Forward, per (b, h, query tile), over key tiles: S = (scale·Q)Kᵀ (+ bias), masked entries set to
+// -inf, online softmax (running max m, running sum l, accumulator O rescaled when m grows),
+// normalised once at the end. Saves only O and logsumexp = m + log l.
+// Backward, per (b, kv head, key-tile partition), key tiles outer with dK/dV tiles kept hot:
+// recompute P = exp(S - lse) per tile, dV += Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP - δ) with
+// δ = rowsum(dO ∘ O), dQ += dS K, dK += dSᵀ (scale·Q). dQ needs no atomics: a work item owns
+// whole query heads, or (few heads) a private dQ per key-tile partition summed in fixed order.
+//
+// Cut edges. Empty tiles are never read. In partial tiles, masked scores are *selected* to -inf
+// (so NaN/inf in a masked key or bias cannot leak through S) and masked dS are selected to 0.
+// A product P·V or dS·K would still turn 0 · NaN into NaN, so partial tiles whose V (forward) or
+// K (backward) holds a non-finite value take an exact masked loop instead of the GEMM. Fully
+// masked rows end with l = 0: output 0, logsumexp -inf, and they are masked in every tile they
+// appear in, so their dS, and hence dQ, is exactly 0.
+#pragma once
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "veil/attention/mask.hpp"
+#include "veil/attention/options.hpp"
+#include "veil/core/parallel.hpp"
+
+namespace veil::attention::detail {
+
+using mask::TileKind;
+
+/// A read-only [B, heads, L, dim] operand whose last dimension is contiguous.
+template <class T>
+struct Operand {
+  const T* data = nullptr;
+  Index stride_b = 0, stride_h = 0, stride_l = 0;
+  const T* row(Index b, Index h, Index l) const { return data + b * stride_b + h * stride_h + l * stride_l; }
+};
+
+using KernelShape = AttentionShape;
+
+struct KernelConfig {
+  double scale = 1.0;
+  double dropout = 0.0;         // probability of dropping an attention weight
+  std::uint64_t dropout_seed = 0;
+  Index tile_q = 64;            // query rows per tile
+  Index tile_k = 128;           // keys per tile
+};
+
+/// Dropout keep test for edge (b, h, i, j): a pure function of the seed and the edge, so backward
+/// regenerates exactly the forward's mask without storing it.
+inline bool dropout_keeps(std::uint64_t seed, double p, const KernelShape& s, Index b, Index h, Index i, Index j) {
+  const auto counter = static_cast<std::uint64_t>(((b * s.heads + h) * s.query_length + i) * s.key_length + j);
+  return veil::detail::bits_to_unit(veil::detail::random_bits(seed, counter)) >= p;
+}
+
+template <class T>
+using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using MatrixMap = Eigen::Map<RowMatrix<T>, 0, Eigen::OuterStride<>>;
+template <class T>
+using ConstMatrixMap = Eigen::Map<const RowMatrix<T>, 0, Eigen::OuterStride<>>;
+template <class T>
+using RowArrayMap = Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>>;
+
+template <class T>
+ConstMatrixMap<T> tile_of(const Operand<T>& x, Index b, Index h, Index l0, Index rows, Index cols) {
+  return ConstMatrixMap<T>(x.row(b, h, l0), rows, cols, Eigen::OuterStride<>(x.stride_l));
+}
+
+template <class T>
+bool all_finite(const Operand<T>& x, Index b, Index h, Index l0, Index rows, Index cols) {
+  for (Index r = 0; r < rows; ++r) {
+    const T* row = x.row(b, h, l0 + r);
+    T sum = 0;
+    for (Index c = 0; c < cols; ++c) sum += row[c] * T(0);  // 0·x is 0 for finite x, NaN otherwise
+    if (sum != sum) return false;
+  }
+  return true;
+}
+
+/// scores (rows × cols, leading dimension ld) for one tile: S = Qs Kᵀ (+ bias); masked -> -inf.
+/// Returns the tile kind after looking at the keep bytes (a partial tile may turn out empty).
+template <class T>
+TileKind tile_scores(const mask::Bound<T>& mask, TileKind kind, const ConstMatrixMap<T>& scaled_query,
+                     const Operand<T>& key, Index b, Index h, Index kv_head, Index q0, Index k0, Index rows, Index cols,
+                     T* scores, std::uint8_t* keep, Index ld) {
+  if (kind == TileKind::partial) {
+    mask.fill(b, h, q0, q0 + rows, k0, k0 + cols, keep, ld);
+    Index kept = 0;
+    for (Index r = 0; r < rows; ++r)
+      for (Index c = 0; c < cols; ++c) kept += keep[r * ld + c];
+    if (kept == 0) return TileKind::empty;
+    if (kept == rows * cols) kind = TileKind::full;
+  }
+  MatrixMap<T> s(scores, rows, cols, Eigen::OuterStride<>(ld));
+  s.noalias() = scaled_query * tile_of(key, b, kv_head, k0, cols, scaled_query.cols()).transpose();
+  if (mask.has_bias()) mask.add_bias(b, h, q0, q0 + rows, k0, k0 + cols, scores, ld);
+  if (kind == TileKind::partial) {
+    constexpr T minus_infinity = -std::numeric_limits<T>::infinity();
+    for (Index r = 0; r < rows; ++r) {
+      T* row = scores + r * ld;
+      const std::uint8_t* keep_row = keep + r * ld;
+      for (Index c = 0; c < cols; ++c) row[c] = keep_row[c] ? row[c] : minus_infinity;
+    }
+  }
+  return kind;
+}
+
+/// Fills out [B, H, Lq, Dv] (contiguous) and logsumexp [B, H, Lq] (contiguous).
+template <class T>
+void attention_forward(const Operand<T>& query, const Operand<T>& key, const Operand<T>& value,
+                       const mask::Bound<T>& mask, const KernelShape& s, const KernelConfig& config, T* out,
+                       T* logsumexp) {
+  const Index tile_q = config.tile_q, tile_k = config.tile_k;
+  const Index tiles_q = (s.query_length + tile_q - 1) / tile_q;
+  const Index tiles_k = (s.key_length + tile_k - 1) / tile_k;
+  const T scale = static_cast<T>(config.scale);
+  const T keep_scale = config.dropout > 0 ? static_cast<T>(1.0 / (1.0 - config.dropout)) : T(1);
+  constexpr T minus_infinity = -std::numeric_limits<T>::infinity();
+  const Index D = s.head_dim, Dv = s.value_dim;
+
+  parallel_for_dynamic(s.batch * s.heads * tiles_q, [&](Index item) {
+    // Dynamic scheduling keeps threads busy when tiles differ in cost (causal, documents).
+    const Index qt = item % tiles_q, bh = item / tiles_q;
+    const Index b = bh / s.heads, h = bh % s.heads, kv_head = h / s.group();
+    const Index q0 = qt * tile_q, rows = std::min(tile_q, s.query_length - q0);
+
+    std::vector<T> scaled_query_buffer(static_cast<std::size_t>(rows * D));
+    std::vector<T> scores(static_cast<std::size_t>(rows * tile_k)), dropped;
+    std::vector<std::uint8_t> keep(static_cast<std::size_t>(rows * tile_k));
+    RowMatrix<T> accumulator = RowMatrix<T>::Zero(rows, Dv);
+    std::vector<T> row_max(static_cast<std::size_t>(rows), minus_infinity), row_sum(static_cast<std::size_t>(rows), T(0));
+    if (config.dropout > 0) dropped.resize(scores.size());
+
+    MatrixMap<T>(scaled_query_buffer.data(), rows, D, Eigen::OuterStride<>(D)) = tile_of(query, b, h, q0, rows, D) * scale;
+    const ConstMatrixMap<T> scaled_query(scaled_query_buffer.data(), rows, D, Eigen::OuterStride<>(D));
+
+    for (Index kt = 0; kt < tiles_k; ++kt) {
+      const Index k0 = kt * tile_k, cols = std::min(tile_k, s.key_length - k0);
+      TileKind kind = mask.classify(b, h, q0, q0 + rows, k0, k0 + cols);
+      if (kind == TileKind::empty) continue;
+      kind = tile_scores(mask, kind, scaled_query, key, b, h, kv_head, q0, k0, rows, cols, scores.data(), keep.data(), tile_k);
+      if (kind == TileKind::empty) continue;
+
+      for (Index r = 0; r < rows; ++r) {
+        RowArrayMap<T> row(scores.data() + r * tile_k, cols);
+        const T tile_max = row.maxCoeff();
+        const T new_max = std::max(row_max[r], tile_max);
+        if (new_max == minus_infinity) {  // nothing kept in this row yet: P row is 0
+          row.setZero();
+          continue;
+        }
+        const T correction = std::exp(row_max[r] - new_max);  // exp(-inf) = 0 on the first kept tile
+        row = (row - new_max).exp();
+        row_sum[r] = row_sum[r] * correction + row.sum();
+        row_max[r] = new_max;
+        if (correction != T(1)) accumulator.row(r) *= correction;
+      }
+
+      const T* probabilities = scores.data();
+      if (config.dropout > 0) {
+        for (Index r = 0; r < rows; ++r)
+          for (Index c = 0; c < cols; ++c)
+            dropped[r * tile_k + c] = dropout_keeps(config.dropout_seed, config.dropout, s, b, h, q0 + r, k0 + c)
+                                          ? scores[r * tile_k + c] * keep_scale
+                                          : T(0);
+        probabilities = dropped.data();
+      }
+      const ConstMatrixMap<T> p(probabilities, rows, cols, Eigen::OuterStride<>(tile_k));
+      if (kind == TileKind::partial && !all_finite(value, b, kv_head, k0, cols, Dv)) {
+        for (Index r = 0; r < rows; ++r)
+          for (Index c = 0; c < cols; ++c)
+            if (keep[r * tile_k + c]) {
+              const T* v_row = value.row(b, kv_head, k0 + c);
+              for (Index d = 0; d < Dv; ++d) accumulator(r, d) += p(r, c) * v_row[d];
+            }
+      } else {
+        accumulator.noalias() += p * tile_of(value, b, kv_head, k0, cols, Dv);
+      }
+    }
+
+    for (Index r = 0; r < rows; ++r) {
+      T* out_row = out + ((bh * s.query_length) + q0 + r) * Dv;
+      T& lse = logsumexp[bh * s.query_length + q0 + r];
+      if (row_sum[r] == T(0)) {  // fully masked row: output exactly 0
+        std::fill(out_row, out_row + Dv, T(0));
+        lse = minus_infinity;
+        continue;
+      }
+      const T inverse = T(1) / row_sum[r];
+      for (Index d = 0; d < Dv; ++d) out_row[d] = accumulator(r, d) * inverse;
+      lse = row_max[r] + std::log(row_sum[r]);
+    }
+  });
+}
+
+/// Gradients. grad_query [B, H, Lq, D], grad_key [B, Hkv, Lk, D], grad_value [B, Hkv, Lk, Dv] are
+/// contiguous and overwritten. grad_logits, when not null, is a contiguous [B, H, Lq, Lk] buffer
+/// receiving dS (the gradient of the scaled, biased scores) for an additive bias that needs one.
+template <class T>
+void attention_backward(const Operand<T>& query, const Operand<T>& key, const Operand<T>& value,
+                        const mask::Bound<T>& mask, const KernelShape& s, const KernelConfig& config, const T* out,
+                        const T* logsumexp, const Operand<T>& grad_out, T* grad_query, T* grad_key, T* grad_value,
+                        T* grad_logits) {
+  const Index tile_q = config.tile_q, tile_k = config.tile_k;
+  const Index tiles_q = (s.query_length + tile_q - 1) / tile_q;
+  const Index tiles_k = (s.key_length + tile_k - 1) / tile_k;
+  const Index D = s.head_dim, Dv = s.value_dim, G = s.group();
+  const T scale = static_cast<T>(config.scale);
+  const T keep_scale = config.dropout > 0 ? static_cast<T>(1.0 / (1.0 - config.dropout)) : T(1);
+  constexpr T minus_infinity = -std::numeric_limits<T>::infinity();
+
+  // δ_i = rowsum(dO_i ∘ O_i) = Σ_j P_ij dP_ij: the softmax backward's row term, O(Lq·Dv).
+  std::vector<T> delta(static_cast<std::size_t>(s.batch * s.heads * s.query_length));
+  parallel_for(0, s.batch * s.heads * s.query_length, 256, [&](Index first, Index last) {
+    for (Index row = first; row < last; ++row) {
+      const Index bh = row / s.query_length, i = row % s.query_length;
+      const T* o = out + row * Dv;
+      const T* g = grad_out.row(bh / s.heads, bh % s.heads, i);
+      T sum = 0;
+      for (Index d = 0; d < Dv; ++d) sum += o[d] * g[d];
+      delta[row] = sum;
+    }
+  });
+
+  // Few (b, kv head) pairs: split each pair's key tiles into partitions with private dQ.
+  const Index pairs = s.batch * s.kv_heads;
+  const Index partitions =
+      std::clamp<Index>((2 * num_threads() + pairs - 1) / std::max<Index>(pairs, 1), 1, std::max<Index>(tiles_k, 1));
+  const Index query_block = G * s.query_length * D;  // dQ of one (b, kv head) group
+  std::vector<T> partial_grad_query;
+  if (partitions > 1) partial_grad_query.assign(static_cast<std::size_t>(pairs * partitions * query_block), T(0));
+
+  parallel_for_dynamic(pairs * partitions, [&](Index item) {
+    const Index pair = item / partitions, partition = item % partitions;
+    const Index b = pair / s.kv_heads, kv_head = pair % s.kv_heads;
+    T* dq_group = partitions > 1 ? partial_grad_query.data() + item * query_block
+                                 : grad_query + (b * s.heads + kv_head * G) * s.query_length * D;
+    if (partitions == 1) std::fill(dq_group, dq_group + query_block, T(0));
+
+    std::vector<T> scores(static_cast<std::size_t>(tile_q * tile_k)), grad_p(scores.size()), dropped;
+    std::vector<std::uint8_t> keep(scores.size()), dropout_keep;
+    std::vector<T> scaled_query_buffer(static_cast<std::size_t>(tile_q * D));
+    if (config.dropout > 0) dropped.resize(scores.size()), dropout_keep.resize(scores.size());
+    RowMatrix<T> dk_tile(tile_k, D), dv_tile(tile_k, Dv);
+
+    for (Index kt = partition; kt < tiles_k; kt += partitions) {
+      const Index k0 = kt * tile_k, cols = std::min(tile_k, s.key_length - k0);
+      dk_tile.setZero();
+      dv_tile.setZero();
+      const auto k_tile = tile_of(key, b, kv_head, k0, cols, D);
+      const auto v_tile = tile_of(value, b, kv_head, k0, cols, Dv);
+      bool key_finite_known = false, key_finite = true;
+      for (Index g = 0; g < G; ++g) {
+        const Index h = kv_head * G + g, bh = b * s.heads + h;
+        for (Index qt = 0; qt < tiles_q; ++qt) {
+          const Index q0 = qt * tile_q, rows = std::min(tile_q, s.query_length - q0);
+          TileKind kind = mask.classify(b, h, q0, q0 + rows, k0, k0 + cols);
+          if (kind == TileKind::empty) continue;
+          MatrixMap<T>(scaled_query_buffer.data(), rows, D, Eigen::OuterStride<>(D)) =
+              tile_of(query, b, h, q0, rows, D) * scale;
+          const ConstMatrixMap<T> scaled_query(scaled_query_buffer.data(), rows, D, Eigen::OuterStride<>(D));
+          kind = tile_scores(mask, kind, scaled_query, key, b, h, kv_head, q0, k0, rows, cols, scores.data(),
+                             keep.data(), tile_k);
+          if (kind == TileKind::empty) continue;
+
+          // P = exp(S - lse); rows with lse = -inf are fully masked and only occur in partial
+          // tiles, where every score of theirs is -inf: exp(-inf - 0) = 0.
+          for (Index r = 0; r < rows; ++r) {
+            const T lse = logsumexp[bh * s.query_length + q0 + r];
+            RowArrayMap<T> row(scores.data() + r * tile_k, cols);
+            row = (row - (lse == minus_infinity ? T(0) : lse)).exp();
+          }
+          const ConstMatrixMap<T> p(scores.data(), rows, cols, Eigen::OuterStride<>(tile_k));
+          const auto grad_out_tile = tile_of(grad_out, b, h, q0, rows, Dv);
+          MatrixMap<T> dp(grad_p.data(), rows, cols, Eigen::OuterStride<>(tile_k));
+
+          if (config.dropout > 0) {
+            for (Index r = 0; r < rows; ++r)
+              for (Index c = 0; c < cols; ++c) {
+                const bool kept = dropout_keeps(config.dropout_seed, config.dropout, s, b, h, q0 + r, k0 + c);
+                dropout_keep[r * tile_k + c] = kept;
+                dropped[r * tile_k + c] = kept ? scores[r * tile_k + c] * keep_scale : T(0);
+              }
+            dv_tile.topRows(cols).noalias() +=
+                ConstMatrixMap<T>(dropped.data(), rows, cols, Eigen::OuterStride<>(tile_k)).transpose() * grad_out_tile;
+          } else {
+            dv_tile.topRows(cols).noalias() += p.transpose() * grad_out_tile;
+          }
+          dp.noalias() = grad_out_tile * v_tile.transpose();
+
+          // dS = P ∘ (dP - δ), overwriting dP; masked entries selected to exactly 0.
+          for (Index r = 0; r < rows; ++r) {
+            const T row_delta = delta[bh * s.query_length + q0 + r];
+            T* dp_row = grad_p.data() + r * tile_k;
+            const T* p_row = scores.data() + r * tile_k;
+            if (config.dropout > 0) {
+              const std::uint8_t* dk = dropout_keep.data() + r * tile_k;
+              for (Index c = 0; c < cols; ++c) dp_row[c] = dk[c] ? dp_row[c] * keep_scale : T(0);
+            }
+            for (Index c = 0; c < cols; ++c) dp_row[c] = p_row[c] * (dp_row[c] - row_delta);
+            if (kind == TileKind::partial) {
+              const std::uint8_t* keep_row = keep.data() + r * tile_k;
+              for (Index c = 0; c < cols; ++c) dp_row[c] = keep_row[c] ? dp_row[c] : T(0);
+            }
+          }
+          const ConstMatrixMap<T> ds(grad_p.data(), rows, cols, Eigen::OuterStride<>(tile_k));
+
+          MatrixMap<T> dq(dq_group + (g * s.query_length + q0) * D, rows, D, Eigen::OuterStride<>(D));
+          if (kind == TileKind::partial && !key_finite_known) {
+            key_finite = all_finite(key, b, kv_head, k0, cols, D);
+            key_finite_known = true;
+          }
+          if (kind == TileKind::partial && !key_finite) {
+            for (Index r = 0; r < rows; ++r)
+              for (Index c = 0; c < cols; ++c)
+                if (keep[r * tile_k + c]) dq.row(r) += ds(r, c) * k_tile.row(c);
+          } else {
+            dq.noalias() += ds * k_tile;
+          }
+          dk_tile.topRows(cols).noalias() += ds.transpose() * scaled_query;
+
+          if (grad_logits != nullptr)
+            for (Index r = 0; r < rows; ++r)
+              std::copy(grad_p.data() + r * tile_k, grad_p.data() + r * tile_k + cols,
+                        grad_logits + ((bh * s.query_length) + q0 + r) * s.key_length + k0);
+        }
+      }
+      T* dk_out = grad_key + ((b * s.kv_heads + kv_head) * s.key_length + k0) * D;
+      T* dv_out = grad_value + ((b * s.kv_heads + kv_head) * s.key_length + k0) * Dv;
+      MatrixMap<T>(dk_out, cols, D, Eigen::OuterStride<>(D)) = dk_tile.topRows(cols);
+      MatrixMap<T>(dv_out, cols, Dv, Eigen::OuterStride<>(Dv)) = dv_tile.topRows(cols);
+    }
+  });
+
+  // dQ = scale · Σ_partitions dQ_p, summed in partition order (deterministic for a thread count).
+  parallel_for(0, pairs, 1, [&](Index first, Index last) {
+    for (Index pair = first; pair < last; ++pair) {
+      const Index b = pair / s.kv_heads, kv_head = pair % s.kv_heads;
+      T* dq_group = grad_query + (b * s.heads + kv_head * G) * s.query_length * D;
+      if (partitions > 1) {
+        std::fill(dq_group, dq_group + query_block, T(0));
+        for (Index partition = 0; partition < partitions; ++partition) {
+          const T* part = partial_grad_query.data() + (pair * partitions + partition) * query_block;
+          for (Index e = 0; e < query_block; ++e) dq_group[e] += part[e];
+        }
+      }
+      for (Index e = 0; e < query_block; ++e) dq_group[e] *= scale;
+    }
+  });
+}
+
+}  // namespace veil::attention::detail

@@ -4,3 +4,4 @@
 #include "veil/autograd.hpp"
 #include "veil/ops/elementwise.hpp"
 #include "veil/ops/shape_ops.hpp"
+#include "veil/ops/layer_norm.hpp"

@@ -4,5 +4,6 @@
 #include "veil/autograd.hpp"
 #include "veil/ops/elementwise.hpp"
 #include "veil/ops/shape_ops.hpp"
+#include "veil/ops/dropout.hpp"
 #include "veil/ops/embedding.hpp"
 #include "veil/ops/layer_norm.hpp"

@@ -7,3 +7,4 @@
 #include "veil/ops/dropout.hpp"
 #include "veil/ops/embedding.hpp"
 #include "veil/ops/layer_norm.hpp"
+#include "veil/ops/loss.hpp"

@@ -76,9 +76,11 @@ void run_backward(const Tensor<T>& root, const Tensor<T>& grad_root, bool retain
     return;
   }
   const std::vector<Node<T>*> order = topological_order(root.grad_fn().get());
-  for (Node<T>* node : order)
+  for (Node<T>* node : order) {
     VEIL_CHECK(!node->released(), AutogradError, "backward: the graph through '", node->name(),
                "' was already freed by an earlier backward; pass retain_graph = true to the first backward");
+    node->pending_grad = Tensor<T>();  // drop what a backward that threw midway left behind
+  }
   root.grad_fn()->pending_grad = grad_root;
   for (Node<T>* node : order) {
     if (!node->pending_grad.defined()) continue;

@@ -73,9 +73,13 @@ template <class T>
 Tensor<T> randn(const Shape& shape, Generator& generator, T mean = T(0), T stddev = T(1)) {
   static_assert(std::is_floating_point_v<T>, "randn: T must be float or double");
   const std::uint64_t seed = generator.seed();
-  const std::uint64_t first = generator.reserve(numel_of(shape));
+  // Box-Muller takes two uniforms per value: value i uses counters first + 2i and first + 2i + 1,
+  // all reserved here, so a later draw from the generator never reuses them.
+  const Index count = numel_of(shape);
+  const std::uint64_t first = generator.reserve(count);
+  generator.reserve(count);
   return detail::generate<T>(shape, [=](Index i) {
-    return static_cast<T>(mean + stddev * detail::normal_from(seed, first + static_cast<std::uint64_t>(i)));
+    return static_cast<T>(mean + stddev * detail::normal_from(seed, first + 2 * static_cast<std::uint64_t>(i)));
   });
 }
 
@@ -83,10 +87,15 @@ Tensor<T> randn(const Shape& shape, Generator& generator, T mean = T(0), T stdde
 template <class T>
 Tensor<T> rand(const Shape& shape, Generator& generator, T low = T(0), T high = T(1)) {
   static_assert(std::is_floating_point_v<T>, "rand: T must be float or double");
+  VEIL_CHECK(low <= high, ValueError, "rand: expected low <= high, got low = ", low, ", high = ", high);
   const std::uint64_t seed = generator.seed();
   const std::uint64_t first = generator.reserve(numel_of(shape));
+  // u < 1, but low + (high - low) u can still round up to high (in float from u > 1 - 2^-25):
+  // such a draw becomes the largest value below high, so the interval stays half-open.
+  const T below_high = std::nextafter(high, low);
   return detail::generate<T>(shape, [=](Index i) {
-    return static_cast<T>(low + (high - low) * detail::bits_to_unit(detail::random_bits(seed, first + i)));
+    const T value = static_cast<T>(low + (high - low) * detail::bits_to_unit(detail::random_bits(seed, first + i)));
+    return value < high ? value : below_high;
   });
 }
 
@@ -102,10 +111,11 @@ Tensor<T> randint(const Shape& shape, Generator& generator, T low, T high) {
   });
 }
 
-/// A contiguous tensor holding `values` in row-major order; `shape` defaults to 1-d.
+/// A contiguous tensor holding `values` in row-major order; `shape` defaults to 1-d (also for no
+/// values: shape [0]). Use scalar() for a 0-d tensor.
 template <class T>
 Tensor<T> from_vector(const std::vector<T>& values, Shape shape = {}) {
-  if (shape.empty() && !values.empty()) shape = {static_cast<Index>(values.size())};
+  if (shape.empty()) shape = {static_cast<Index>(values.size())};
   VEIL_CHECK(numel_of(shape) == static_cast<Index>(values.size()), ShapeError, "from_vector: shape ",
              to_string(shape), " holds ", numel_of(shape), " elements, but values has ", values.size());
   Tensor<T> out = Tensor<T>::empty(shape);

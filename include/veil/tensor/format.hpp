@@ -42,7 +42,10 @@ std::ostream& operator<<(std::ostream& out, const Tensor<T>& t) {
   if (!t.defined()) return out << "Tensor(undefined)";
   out << "Tensor" << to_string(t.shape()) << (t.requires_grad() ? " requires_grad" : "") << '\n';
   if (t.numel() == 0) return out << "[]";
-  if (t.dim() == 0) return out << +t.item();
+  if (t.dim() == 0) {
+    if constexpr (std::is_same_v<T, bool>) return out << (t.item() ? "true" : "false");
+    else return out << +t.item();
+  }
   detail::print_values(out, t, 0, t.offset(), 0);
   return out;
 }

@@ -58,10 +58,11 @@ class Generator {
 
 namespace detail {
 
-/// Standard normal from two counters (Box-Muller; u1 is shifted into (0, 1] so log is finite).
+/// Standard normal from the two counters `counter` and `counter + 1`, both of which the caller
+/// must have reserved (Box-Muller; u1 is shifted into (0, 1] so log is finite).
 inline double normal_from(std::uint64_t seed, std::uint64_t counter) {
-  const double u1 = 1.0 - bits_to_unit(random_bits(seed, 2 * counter));
-  const double u2 = bits_to_unit(random_bits(seed, 2 * counter + 1));
+  const double u1 = 1.0 - bits_to_unit(random_bits(seed, counter));
+  const double u2 = bits_to_unit(random_bits(seed, counter + 1));
   return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
 }
 

@@ -142,13 +142,15 @@ class Tensor {
   bool is_leaf() const { return impl().grad_fn == nullptr; }
   /// Accumulated gradient of a leaf; undefined until a backward pass reaches it.
   Tensor grad() const {
-    std::lock_guard<std::mutex> lock(impl_->grad_mutex);
-    return impl().grad ? Tensor(impl().grad) : Tensor();
+    auto& self = impl();  // throws on an undefined tensor before the mutex is touched
+    std::lock_guard<std::mutex> lock(self.grad_mutex);
+    return self.grad ? Tensor(self.grad) : Tensor();
   }
   /// Drops the accumulated gradient.
   void zero_grad() {
-    std::lock_guard<std::mutex> lock(impl_->grad_mutex);
-    impl_->grad.reset();
+    auto& self = impl();
+    std::lock_guard<std::mutex> lock(self.grad_mutex);
+    self.grad.reset();
   }
   const std::shared_ptr<autograd::Node<T>>& grad_fn() const { return impl().grad_fn; }
 

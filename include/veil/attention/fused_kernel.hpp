@@ -85,6 +85,15 @@ bool all_finite(const Operand<T>& x, Index b, Index h, Index l0, Index rows, Ind
   return true;
 }
 
+/// Narrows a partial tile's keys [k0, k0 + cols) to the columns some row keeps.
+template <class T>
+void trim_keys(const mask::Bound<T>& mask, Index b, Index h, Index q0, Index rows, Index& k0, Index& cols) {
+  Index key_begin, key_end;
+  mask.trim(b, h, q0, q0 + rows, k0, k0 + cols, key_begin, key_end);
+  k0 = key_begin;
+  cols = key_end - key_begin;
+}
+
 /// scores (rows × cols, leading dimension ld) for one tile: S = Qs Kᵀ (+ bias); masked -> -inf.
 /// Returns the tile kind after looking at the keep bytes (a partial tile may turn out empty).
 template <class T>
@@ -143,9 +152,10 @@ void attention_forward(const Operand<T>& query, const Operand<T>& key, const Ope
     const ConstMatrixMap<T> scaled_query(scaled_query_buffer.data(), rows, D, Eigen::OuterStride<>(D));
 
     for (Index kt = 0; kt < tiles_k; ++kt) {
-      const Index k0 = kt * tile_k, cols = std::min(tile_k, s.key_length - k0);
+      Index k0 = kt * tile_k, cols = std::min(tile_k, s.key_length - k0);
       TileKind kind = mask.classify(b, h, q0, q0 + rows, k0, k0 + cols);
       if (kind == TileKind::empty) continue;
+      if (kind == TileKind::partial) trim_keys(mask, b, h, q0, rows, k0, cols);
       kind = tile_scores(mask, kind, scaled_query, key, b, h, kv_head, q0, k0, rows, cols, scores.data(), keep.data(), tile_k);
       if (kind == TileKind::empty) continue;
 
@@ -264,10 +274,13 @@ void attention_backward(const Operand<T>& query, const Operand<T>& key, const Op
           const Index q0 = qt * tile_q, rows = std::min(tile_q, s.query_length - q0);
           TileKind kind = mask.classify(b, h, q0, q0 + rows, k0, k0 + cols);
           if (kind == TileKind::empty) continue;
+          Index key_begin = k0, key_count = cols;  // this query tile's part of the key tile
+          if (kind == TileKind::partial) trim_keys(mask, b, h, q0, rows, key_begin, key_count);
+          const Index offset = key_begin - k0;
           MatrixMap<T>(scaled_query_buffer.data(), rows, D, Eigen::OuterStride<>(D)) =
               tile_of(query, b, h, q0, rows, D) * scale;
           const ConstMatrixMap<T> scaled_query(scaled_query_buffer.data(), rows, D, Eigen::OuterStride<>(D));
-          kind = tile_scores(mask, kind, scaled_query, key, b, h, kv_head, q0, k0, rows, cols, scores.data(),
+          kind = tile_scores(mask, kind, scaled_query, key, b, h, kv_head, q0, key_begin, rows, key_count, scores.data(),
                              keep.data(), tile_k);
           if (kind == TileKind::empty) continue;
 
@@ -275,26 +288,26 @@ void attention_backward(const Operand<T>& query, const Operand<T>& key, const Op
           // tiles, where every score of theirs is -inf: exp(-inf - 0) = 0.
           for (Index r = 0; r < rows; ++r) {
             const T lse = logsumexp[bh * s.query_length + q0 + r];
-            RowArrayMap<T> row(scores.data() + r * tile_k, cols);
+            RowArrayMap<T> row(scores.data() + r * tile_k, key_count);
             row = (row - (lse == minus_infinity ? T(0) : lse)).exp();
           }
-          const ConstMatrixMap<T> p(scores.data(), rows, cols, Eigen::OuterStride<>(tile_k));
+          const ConstMatrixMap<T> p(scores.data(), rows, key_count, Eigen::OuterStride<>(tile_k));
           const auto grad_out_tile = tile_of(grad_out, b, h, q0, rows, Dv);
-          MatrixMap<T> dp(grad_p.data(), rows, cols, Eigen::OuterStride<>(tile_k));
+          MatrixMap<T> dp(grad_p.data(), rows, key_count, Eigen::OuterStride<>(tile_k));
 
           if (config.dropout > 0) {
             for (Index r = 0; r < rows; ++r)
-              for (Index c = 0; c < cols; ++c) {
-                const bool kept = dropout_keeps(config.dropout_seed, config.dropout, s, b, h, q0 + r, k0 + c);
+              for (Index c = 0; c < key_count; ++c) {
+                const bool kept = dropout_keeps(config.dropout_seed, config.dropout, s, b, h, q0 + r, key_begin + c);
                 dropout_keep[r * tile_k + c] = kept;
                 dropped[r * tile_k + c] = kept ? scores[r * tile_k + c] * keep_scale : T(0);
               }
-            dv_tile.topRows(cols).noalias() +=
-                ConstMatrixMap<T>(dropped.data(), rows, cols, Eigen::OuterStride<>(tile_k)).transpose() * grad_out_tile;
+            dv_tile.middleRows(offset, key_count).noalias() +=
+                ConstMatrixMap<T>(dropped.data(), rows, key_count, Eigen::OuterStride<>(tile_k)).transpose() * grad_out_tile;
           } else {
-            dv_tile.topRows(cols).noalias() += p.transpose() * grad_out_tile;
+            dv_tile.middleRows(offset, key_count).noalias() += p.transpose() * grad_out_tile;
           }
-          dp.noalias() = grad_out_tile * v_tile.transpose();
+          dp.noalias() = grad_out_tile * v_tile.middleRows(offset, key_count).transpose();
 
           // dS = P ∘ (dP - δ), overwriting dP; masked entries selected to exactly 0.
           for (Index r = 0; r < rows; ++r) {
@@ -303,34 +316,34 @@ void attention_backward(const Operand<T>& query, const Operand<T>& key, const Op
             const T* p_row = scores.data() + r * tile_k;
             if (config.dropout > 0) {
               const std::uint8_t* dk = dropout_keep.data() + r * tile_k;
-              for (Index c = 0; c < cols; ++c) dp_row[c] = dk[c] ? dp_row[c] * keep_scale : T(0);
+              for (Index c = 0; c < key_count; ++c) dp_row[c] = dk[c] ? dp_row[c] * keep_scale : T(0);
             }
-            for (Index c = 0; c < cols; ++c) dp_row[c] = p_row[c] * (dp_row[c] - row_delta);
+            for (Index c = 0; c < key_count; ++c) dp_row[c] = p_row[c] * (dp_row[c] - row_delta);
             if (kind == TileKind::partial) {
               const std::uint8_t* keep_row = keep.data() + r * tile_k;
-              for (Index c = 0; c < cols; ++c) dp_row[c] = keep_row[c] ? dp_row[c] : T(0);
+              for (Index c = 0; c < key_count; ++c) dp_row[c] = keep_row[c] ? dp_row[c] : T(0);
             }
           }
-          const ConstMatrixMap<T> ds(grad_p.data(), rows, cols, Eigen::OuterStride<>(tile_k));
+          const ConstMatrixMap<T> ds(grad_p.data(), rows, key_count, Eigen::OuterStride<>(tile_k));
 
           MatrixMap<T> dq(dq_group + (g * s.query_length + q0) * D, rows, D, Eigen::OuterStride<>(D));
           if (kind == TileKind::partial && !key_finite_known) {
-            key_finite = all_finite(key, b, kv_head, k0, cols, D);
+            key_finite = all_finite(key, b, kv_head, k0, cols, D);  // the whole key tile
             key_finite_known = true;
           }
           if (kind == TileKind::partial && !key_finite) {
             for (Index r = 0; r < rows; ++r)
-              for (Index c = 0; c < cols; ++c)
-                if (keep[r * tile_k + c]) dq.row(r) += ds(r, c) * k_tile.row(c);
+              for (Index c = 0; c < key_count; ++c)
+                if (keep[r * tile_k + c]) dq.row(r) += ds(r, c) * k_tile.row(offset + c);
           } else {
-            dq.noalias() += ds * k_tile;
+            dq.noalias() += ds * k_tile.middleRows(offset, key_count);
           }
-          dk_tile.topRows(cols).noalias() += ds.transpose() * scaled_query;
+          dk_tile.middleRows(offset, key_count).noalias() += ds.transpose() * scaled_query;
 
           if (grad_logits != nullptr)
             for (Index r = 0; r < rows; ++r)
-              std::copy(grad_p.data() + r * tile_k, grad_p.data() + r * tile_k + cols,
-                        grad_logits + ((bh * s.query_length) + q0 + r) * s.key_length + k0);
+              std::copy(grad_p.data() + r * tile_k, grad_p.data() + r * tile_k + key_count,
+                        grad_logits + ((bh * s.query_length) + q0 + r) * s.key_length + key_begin);
         }
       }
       T* dk_out = grad_key + ((b * s.kv_heads + kv_head) * s.key_length + k0) * D;

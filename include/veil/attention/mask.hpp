@@ -228,6 +228,11 @@ class Bound {
   virtual bool has_bias() const { return false; }
   /// scores[r * ld + c] += bias of edge (q0 + r, k0 + c). Values on cut edges are irrelevant.
   virtual void add_bias(Index, Index, Index, Index, Index, Index, T*, Index) const {}
+  /// Narrows keys [k0, k1) of a partial tile to [key_begin, key_end), outside of which no row of
+  /// the tile keeps anything (the diagonal tile of a causal mask needs only its lower part).
+  virtual void trim(Index, Index, Index, Index, Index k0, Index k1, Index& key_begin, Index& key_end) const {
+    key_begin = k0, key_end = k1;
+  }
   /// The interval [lo, hi) of keys row i keeps, when this mask keeps one interval per row.
   virtual bool is_interval() const { return false; }
   virtual void row_interval(Index, Index, Index, Index& lo, Index& hi) const { lo = 0, hi = 0; }
@@ -260,6 +265,17 @@ class IntervalMask : public Bound<T> {
       any_kept = any_kept || std::max(lo, k0) < std::min(hi, k1);
     }
     return all_full ? TileKind::full : any_kept ? TileKind::partial : TileKind::empty;
+  }
+  void trim(Index b, Index h, Index q0, Index q1, Index k0, Index k1, Index& key_begin, Index& key_end) const override {
+    key_begin = k1, key_end = k0;
+    for (Index i = q0; i < q1; ++i) {
+      Index lo, hi;
+      this->row_interval(b, h, i, lo, hi);
+      if (std::max(lo, k0) >= std::min(hi, k1)) continue;
+      key_begin = std::min(key_begin, std::max(lo, k0));
+      key_end = std::max(key_end, std::min(hi, k1));
+    }
+    if (key_begin >= key_end) key_begin = key_end = k0;
   }
   void fill(Index b, Index h, Index q0, Index q1, Index k0, Index k1, std::uint8_t* keep, Index ld) const override {
     for (Index i = q0; i < q1; ++i) {

@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -93,12 +92,17 @@ bool beats(T candidate, T best) {
   return candidate > best;
 }
 
+/// Work items (one chunk each) per parallel_for task: about elementwise_grain elements.
+inline Index chunk_grain(Index group_size) {
+  return std::max<Index>(1, elementwise_grain / std::clamp<Index>(group_size, 1, reduce_chunk));
+}
+
 /// rows: [R, N] -> sums: [R], each group reduced chunk by chunk (see the file comment).
 template <class T>
 void sum_forward(const T* rows, T* sums, Index groups, Index group_size) {
   const Index chunks = std::max<Index>(1, (group_size + reduce_chunk - 1) / reduce_chunk);
   std::vector<T> partials(static_cast<std::size_t>(groups * chunks));
-  parallel_for(0, groups * chunks, std::max<Index>(1, elementwise_grain / reduce_chunk), [&](Index begin, Index end) {
+  parallel_for(0, groups * chunks, chunk_grain(group_size), [&](Index begin, Index end) {
     for (Index item = begin; item < end; ++item) {
       const Index group = item / chunks, chunk = item % chunks;
       const Index first = chunk * reduce_chunk;
@@ -130,7 +134,7 @@ void max_forward(const T* rows, T* maxima, Index* positions, Index groups, Index
   const Index chunks = (group_size + reduce_chunk - 1) / reduce_chunk;
   std::vector<T> chunk_max(static_cast<std::size_t>(groups * chunks));
   std::vector<Index> chunk_at(static_cast<std::size_t>(groups * chunks));
-  parallel_for(0, groups * chunks, std::max<Index>(1, elementwise_grain / reduce_chunk), [&](Index begin, Index end) {
+  parallel_for(0, groups * chunks, chunk_grain(group_size), [&](Index begin, Index end) {
     for (Index item = begin; item < end; ++item) {
       const Index group = item / chunks, first = (item % chunks) * reduce_chunk;
       const Index last = std::min(first + reduce_chunk, group_size);

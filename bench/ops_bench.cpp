@@ -1,0 +1,280 @@
+// Foundation speed targets, each timed in the same run as its baseline:
+//   matmul                1024x1024 float veil::matmul vs Eigen's GEMM called directly on the same
+//                         data: GFLOP/s;
+//   autograd bookkeeping  a 10,000-op chain on 1-element tensors, forward + backward: ns per op
+//                         (the same chain under NoGradGuard is the cost of the arithmetic alone);
+//   elementwise add       two 16M-float tensors vs std::memcpy of the same size: bytes/s.
+// Results are checked once, outside the timed loop. The closing "ratios" block divides each
+// target by its baseline (medians when run with --benchmark_repetitions).
+//
+//   build/bench/ops_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+#include <veil/veil.hpp>
+
+#include <Eigen/Core>
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <string>
+
+namespace {
+
+using veil::Index;
+using veil::Tensor;
+
+// ---- matmul vs Eigen GEMM ------------------------------------------------------------------------
+
+constexpr Index gemm_size = 1024;
+using RowMajor = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using ConstRowMajorMap = Eigen::Map<const RowMajor>;
+
+struct GemmOperands {
+  Tensor<float> a, b;
+  GemmOperands() {
+    veil::Generator gen(7);
+    a = veil::randn<float>({gemm_size, gemm_size}, gen);
+    b = veil::randn<float>({gemm_size, gemm_size}, gen);
+  }
+  ConstRowMajorMap map_a() const { return ConstRowMajorMap(a.data(), gemm_size, gemm_size); }
+  ConstRowMajorMap map_b() const { return ConstRowMajorMap(b.data(), gemm_size, gemm_size); }
+};
+
+void report_gflops(benchmark::State& state) {
+  const double flops = 2.0 * gemm_size * gemm_size * gemm_size;
+  state.counters["flops"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_Matmul1024(benchmark::State& state) {
+  const GemmOperands operands;
+  Tensor<float> c;
+  for (auto _ : state) {
+    c = veil::matmul(operands.a, operands.b);
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  const RowMajor expected = operands.map_a() * operands.map_b();
+  const float error = (ConstRowMajorMap(c.data(), gemm_size, gemm_size) - expected).cwiseAbs().maxCoeff();
+  if (!(error <= 1e-3f * expected.cwiseAbs().maxCoeff())) state.SkipWithError("matmul: differs from Eigen");
+  report_gflops(state);
+}
+BENCHMARK(BM_Matmul1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+/// The baseline: Eigen's GEMM on the same row-major buffers, into a preallocated result.
+void BM_EigenGemm1024(benchmark::State& state) {
+  const GemmOperands operands;
+  RowMajor c(gemm_size, gemm_size);
+  for (auto _ : state) {
+    c.noalias() = operands.map_a() * operands.map_b();
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+  }
+  if (!c.allFinite()) state.SkipWithError("Eigen GEMM: non-finite result");
+  report_gflops(state);
+}
+BENCHMARK(BM_EigenGemm1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ---- autograd bookkeeping -------------------------------------------------------------------------
+
+constexpr Index chain_ops = 10'000;
+
+/// x <- x * c + d, chain_ops / 2 times: chain_ops recorded ops on 1-element tensors.
+Tensor<float> run_chain(const Tensor<float>& x0, const Tensor<float>& c, const Tensor<float>& d) {
+  Tensor<float> x = x0;
+  for (Index i = 0; i < chain_ops / 2; ++i) x = x * c + d;
+  return x;
+}
+
+void report_per_op(benchmark::State& state) {
+  // Inverted iteration-invariant rate: seconds per op, printed with an SI prefix ("250n" = 250 ns).
+  state.counters["time_per_op"] =
+      benchmark::Counter(static_cast<double>(chain_ops), benchmark::Counter::kIsIterationInvariantRate |
+                                                             benchmark::Counter::kInvert);
+}
+
+void BM_AutogradChain(benchmark::State& state) {
+  const auto c = veil::full<float>({1}, 0.999f);
+  const auto d = veil::full<float>({1}, 0.001f);
+  float grad = 0;
+  for (auto _ : state) {
+    auto x0 = veil::full<float>({1}, 2.0f);
+    x0.set_requires_grad(true);
+    Tensor<float> x = run_chain(x0, c, d);
+    x.backward();
+    grad = x0.grad().item();
+    benchmark::DoNotOptimize(grad);
+  }
+  // dx/dx0 = c^(ops/2); float rounding over 5,000 multiplications stays well inside 1e-3 relative.
+  const double expected = std::pow(0.999, static_cast<double>(chain_ops / 2));
+  if (std::abs(grad - expected) > 1e-3 * expected) state.SkipWithError("autograd chain: wrong gradient");
+  report_per_op(state);
+}
+BENCHMARK(BM_AutogradChain)->Unit(benchmark::kMillisecond);
+
+void BM_ChainNoGrad(benchmark::State& state) {
+  const auto c = veil::full<float>({1}, 0.999f);
+  const auto d = veil::full<float>({1}, 0.001f);
+  float value = 0;
+  for (auto _ : state) {
+    veil::NoGradGuard no_grad;
+    value = run_chain(veil::full<float>({1}, 2.0f), c, d).item();
+    benchmark::DoNotOptimize(value);
+  }
+  // The fixed point of x * c + d is 1: after 5,000 steps x = 1 + (2 - 1) * c^5000.
+  const double expected = 1.0 + std::pow(0.999, static_cast<double>(chain_ops / 2));
+  if (std::abs(value - expected) > 1e-3) state.SkipWithError("no-grad chain: wrong value");
+  report_per_op(state);
+}
+BENCHMARK(BM_ChainNoGrad)->Unit(benchmark::kMillisecond);
+
+// ---- elementwise add vs memcpy --------------------------------------------------------------------
+
+constexpr Index stream_elements = Index{1} << 24;  // 16M floats = 64 MB per tensor
+constexpr double stream_bytes = static_cast<double>(stream_elements) * sizeof(float);
+
+void BM_Add16M(benchmark::State& state) {
+  veil::Generator gen(0);
+  const auto a = veil::rand<float>({stream_elements}, gen);
+  const auto b = veil::rand<float>({stream_elements}, gen);
+  Tensor<float> out;
+  for (auto _ : state) {
+    out = a + b;  // a fresh 64 MB output each time, as any out-of-place op allocates one
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  const float* pa = a.data();
+  const float* pb = b.data();
+  const float* po = out.data();
+  for (Index i = 0; i < stream_elements; i += 4099)
+    if (po[i] != pa[i] + pb[i]) state.SkipWithError("add: wrong sum");
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * 3 * static_cast<std::int64_t>(stream_bytes));
+}
+BENCHMARK(BM_Add16M)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+/// 64-byte-aligned buffer, like veil's Storage.
+struct AlignedBuffer {
+  explicit AlignedBuffer(std::size_t bytes) : data(static_cast<char*>(std::aligned_alloc(64, bytes))) {}
+  ~AlignedBuffer() { std::free(data); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  char* data;
+};
+
+void check_copy(benchmark::State& state, const char* src, const char* dst) {
+  if (std::memcmp(src, dst, static_cast<std::size_t>(stream_bytes)) != 0) state.SkipWithError("memcpy: copy differs");
+}
+
+/// The baseline: one thread copying 64 MB into a buffer whose pages are already mapped.
+void BM_Memcpy16M(benchmark::State& state) {
+  AlignedBuffer src(static_cast<std::size_t>(stream_bytes)), dst(static_cast<std::size_t>(stream_bytes));
+  std::memset(src.data, 1, static_cast<std::size_t>(stream_bytes));
+  std::memset(dst.data, 0, static_cast<std::size_t>(stream_bytes));
+  for (auto _ : state) {
+    std::memcpy(dst.data, src.data, static_cast<std::size_t>(stream_bytes));
+    benchmark::DoNotOptimize(dst.data);
+    benchmark::ClobberMemory();
+  }
+  check_copy(state, src.data, dst.data);
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * 2 * static_cast<std::int64_t>(stream_bytes));
+}
+BENCHMARK(BM_Memcpy16M)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+/// Diagnostic: the same memcpy into a freshly allocated destination each time, so the cost of
+/// faulting in 64 MB of new pages (what an out-of-place op pays) shows up next to the baseline.
+void BM_Memcpy16MFreshOutput(benchmark::State& state) {
+  AlignedBuffer src(static_cast<std::size_t>(stream_bytes));
+  std::memset(src.data, 1, static_cast<std::size_t>(stream_bytes));
+  std::unique_ptr<AlignedBuffer> dst;
+  for (auto _ : state) {
+    dst.reset();
+    dst = std::make_unique<AlignedBuffer>(static_cast<std::size_t>(stream_bytes));
+    std::memcpy(dst->data, src.data, static_cast<std::size_t>(stream_bytes));
+    benchmark::DoNotOptimize(dst->data);
+    benchmark::ClobberMemory();
+  }
+  check_copy(state, src.data, dst->data);
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * 2 * static_cast<std::int64_t>(stream_bytes));
+}
+BENCHMARK(BM_Memcpy16MFreshOutput)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ---- ratios ---------------------------------------------------------------------------------------
+
+/// The console report, followed by each target divided by its baseline.
+class RatioReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const Run& run : runs) {
+      if (run.error_occurred) continue;
+      const bool median = run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
+      const bool single = run.run_type == Run::RT_Iteration && run.repetitions == 1;
+      if (!median && !single) continue;
+      Summary& summary = summaries_[run.run_name.function_name];
+      summary.seconds = run.GetAdjustedRealTime() / benchmark::GetTimeUnitMultiplier(run.time_unit);
+      summary.median = median;
+      for (const auto& [name, counter] : run.counters) summary.counters[name] = counter.value;
+    }
+  }
+
+  void Finalize() override {
+    std::ostream& out = GetOutputStream();
+    out << "\nratios (target / baseline" << (any_median() ? ", medians" : "") << ")\n" << std::fixed
+        << std::setprecision(2);
+    if (has("BM_Matmul1024") && has("BM_EigenGemm1024")) {
+      const double veil_rate = summaries_["BM_Matmul1024"].counters["flops"];
+      const double eigen_rate = summaries_["BM_EigenGemm1024"].counters["flops"];
+      out << "  matmul 1024^3     " << veil_rate / 1e9 << " GFLOP/s vs Eigen GEMM " << eigen_rate / 1e9
+          << " GFLOP/s: ratio " << veil_rate / eigen_rate << '\n';
+    }
+    if (has("BM_Add16M") && has("BM_Memcpy16M")) {
+      const double add = summaries_["BM_Add16M"].counters["bytes_per_second"];
+      const double copy = summaries_["BM_Memcpy16M"].counters["bytes_per_second"];
+      out << "  add 16M floats    " << add / 1e9 << " GB/s vs memcpy " << copy / 1e9
+          << " GB/s: bandwidth ratio " << add / copy << " (target >= 0.60)\n";
+      if (has("BM_Memcpy16MFreshOutput")) {
+        const double fresh = summaries_["BM_Memcpy16MFreshOutput"].counters["bytes_per_second"];
+        out << "  memcpy into a fresh 64 MB buffer: " << fresh / 1e9 << " GB/s, ratio " << fresh / copy
+            << " to memcpy into mapped pages\n";
+      }
+    }
+    if (has("BM_AutogradChain")) {
+      const double per_op = summaries_["BM_AutogradChain"].counters["time_per_op"];
+      out << "  autograd chain    " << per_op * 1e9 << " ns per op (forward + backward)";
+      if (has("BM_ChainNoGrad")) {
+        const double plain = summaries_["BM_ChainNoGrad"].counters["time_per_op"];
+        out << " vs " << plain * 1e9 << " ns per op without recording: ratio " << per_op / plain;
+      }
+      out << '\n';
+    }
+    ConsoleReporter::Finalize();
+  }
+
+ private:
+  struct Summary {
+    double seconds = 0;  // real time per iteration
+    bool median = false;
+    std::map<std::string, double> counters;
+  };
+  bool has(const std::string& name) const { return summaries_.count(name) != 0; }
+  bool any_median() const {
+    for (const auto& [name, summary] : summaries_)
+      if (summary.median) return true;
+    return false;
+  }
+  std::map<std::string, Summary> summaries_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  RatioReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  return 0;
+}

@@ -147,7 +147,7 @@ class Tensor {
     return self.grad ? Tensor(self.grad) : Tensor();
   }
   /// Drops the accumulated gradient.
-  void zero_grad() {
+  void zero_grad() const {
     auto& self = impl();
     std::lock_guard<std::mutex> lock(self.grad_mutex);
     self.grad.reset();

@@ -46,7 +46,7 @@ TEST_CASE("gradients accumulate across two backward calls", "[autograd][engine]"
   CHECK(x.grad().to_vector() == std::vector<double>{3.0, 3.0, 3.0});
 }
 
-TEST_CASE("a leaf used several times gets the sum of its gradients: y = x*x + x gives 2x + 1", "[autograd][engine]") {
+TEST_CASE("a leaf used several times gets the sum of its gradients: y = x^2 + x gives 2x + 1", "[autograd][engine]") {
   auto x = leaf({0.5, -1.5, 3.0, 0.0});
   auto y = x * x + x;
   CHECK(y.to_vector() == std::vector<double>{0.75, 0.75, 12.0, 0.0});
@@ -232,7 +232,7 @@ TEST_CASE("set_requires_grad rejects integer tensors and non-leaf tensors", "[au
   CHECK_FALSE(f.requires_grad());
 }
 
-TEST_CASE("a chain of 200,000 ops builds, backpropagates and is destroyed without overflowing the stack",
+TEST_CASE("a chain of 200000 ops builds and backpropagates and is destroyed without overflowing the stack",
           "[autograd][engine][slow]") {
   constexpr int length = 200000;
   const auto chain = [](const Tensor<double>& x) {

@@ -13,8 +13,10 @@ using Inputs = std::vector<Tensor<double>>;
 /// y = a + b*b with a deliberately wrong gradient for b: grad * b instead of 2 * b * grad.
 Tensor<double> wrong_square_add(const Tensor<double>& a, const Tensor<double>& b) {
   Tensor<double> out = veil::detail::map_binary(a, b, [](double x, double y) { return x + y * y; }, "wrong");
-  return veil::autograd::record<double>("wrong_square_add", out, {&a, &b}, [b = b.detach()](const Tensor<double>& grad) {
-    return std::vector<Tensor<double>>{grad, veil::detail::map_binary(grad, b, [](double g, double y) { return g * y; }, "wrong")};
+  return veil::autograd::record<double>("wrong_square_add", out, {&a, &b},
+                                        [b = b.detach()](const Tensor<double>& grad) {
+    const auto times = [](double g, double y) { return g * y; };
+    return std::vector<Tensor<double>>{grad, veil::detail::map_binary(grad, b, times, "wrong")};
   });
 }
 
@@ -87,7 +89,7 @@ TEST_CASE("gradcheck fails on a wrong custom op and names the input and element"
   CHECK(only_a.passed);
 }
 
-TEST_CASE("gradcheck fails on the classic wrong square: grad * x instead of 2 x grad", "[autograd][gradcheck]") {
+TEST_CASE("gradcheck fails on the classic wrong square: grad times x instead of 2 x grad", "[autograd][gradcheck]") {
   auto x = veil::from_vector<double>({2.0, 3.0}).set_requires_grad(true);
   auto result = veil::gradcheck(
       [](const Inputs& in) {

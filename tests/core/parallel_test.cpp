@@ -157,7 +157,7 @@ TEST_CASE("nested parallel_for inside a parallel region runs serially and still 
   CHECK(got == std::vector<int>(40 * 50, 1));
 }
 
-TEST_CASE("set_num_threads and num_threads round trip, and counts below 1 become 1", "[core][parallel]") {
+TEST_CASE("set_num_threads and num_threads round trip and counts below 1 become 1", "[core][parallel]") {
   const int saved = veil::num_threads();
   veil::set_num_threads(3);
   CHECK(veil::num_threads() == 3);

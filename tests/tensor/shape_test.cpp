@@ -56,7 +56,7 @@ TEST_CASE("contiguous_strides are row-major and treat 0 extents as 1", "[tensor]
   CHECK(veil::contiguous_strides({2, 0, 3}) == Shape{3, 3, 1});  // PyTorch's strides for empty(2, 0, 3)
 }
 
-TEST_CASE("numel_of multiplies extents, is 1 for a 0-d shape and 0 with any 0 extent", "[tensor][shape]") {
+TEST_CASE("numel_of multiplies extents and is 1 for a 0-d shape and 0 with any 0 extent", "[tensor][shape]") {
   CHECK(veil::numel_of({}) == 1);
   CHECK(veil::numel_of({2, 3, 4}) == 24);
   CHECK(veil::numel_of({2, 0, 4}) == 0);

@@ -29,13 +29,15 @@ std::string printed(const Tensor<T>& t) {
 }
 
 /// 0, 1, ..., n-1 as a contiguous float tensor of `shape`.
-Tensor<float> iota(const Shape& shape) { return veil::arange<float>(static_cast<float>(veil::numel_of(shape))).reshape(shape); }
+Tensor<float> iota(const Shape& shape) {
+  return veil::arange<float>(static_cast<float>(veil::numel_of(shape))).reshape(shape);
+}
 
 }  // namespace
 
 // ---- factories ----------------------------------------------------------------------------------
 
-TEST_CASE("zeros, ones and full fill every element and take the given shape", "[tensor][creation]") {
+TEST_CASE("zeros and ones and full fill every element and take the given shape", "[tensor][creation]") {
   auto z = veil::zeros<float>({2, 3});
   CHECK(z.shape() == Shape{2, 3});
   CHECK(z.strides() == Shape{3, 1});
@@ -208,7 +210,7 @@ TEST_CASE("randn has mean 0 and standard deviation 1 on 100k samples", "[tensor]
   for (Index i = 0; i < n; i += 997) CHECK(shifted[i] == Approx(3.0 + 2.0 * values[i]).epsilon(1e-12));
 }
 
-TEST_CASE("rand stays in [low, high) with mean in the middle", "[tensor][random]") {
+TEST_CASE("rand stays at or above low and below high with mean in the middle", "[tensor][random]") {
   veil::Generator gen(3);
   const Index n = 100000;
   const auto values = veil::rand<double>({n}, gen, -2.0, 6.0).to_vector();
@@ -224,7 +226,7 @@ TEST_CASE("rand stays in [low, high) with mean in the middle", "[tensor][random]
   CHECK_THROWS_AS(veil::rand<double>({2}, gen, 1.0, 0.0), veil::ValueError);
 }
 
-TEST_CASE("rand never returns high, even where rounding to T would reach it", "[tensor][random]") {
+TEST_CASE("rand never returns high even where rounding to T would reach it", "[tensor][random]") {
   // Counter 13059764 of seed 1 draws u = 0.99999999477 < 1, which rounds to 1.0f in float.
   veil::Generator gen(1);
   gen.reserve(13059764);
@@ -245,7 +247,7 @@ TEST_CASE("rand never returns high, even where rounding to T would reach it", "[
   CHECK(widest == std::nextafter(low + 1, low));
 }
 
-TEST_CASE("randint hits every value of [low, high) and nothing else", "[tensor][random]") {
+TEST_CASE("randint hits every value from low up to but excluding high and nothing else", "[tensor][random]") {
   veil::Generator gen(11);
   const auto values = veil::randint<std::int64_t>({60000}, gen, -3, 3).to_vector();
   std::vector<Index> counts(6, 0);
@@ -295,7 +297,7 @@ TEST_CASE("printing bool and integer tensors shows true/false and integers", "[t
   CHECK(printed(veil::arange<std::int64_t>(3)) == "Tensor[3]\n[0, 1, 2]");
 }
 
-TEST_CASE("printing 0-d, empty and undefined tensors", "[tensor][format]") {
+TEST_CASE("printing 0-d and empty and undefined tensors", "[tensor][format]") {
   CHECK(printed(veil::scalar<float>(2.5f)) == "Tensor[]\n2.5");
   CHECK(printed(veil::zeros<float>({0, 3})) == "Tensor[0, 3]\n[]");
   CHECK(printed(Tensor<float>()) == "Tensor(undefined)");

@@ -82,7 +82,7 @@ TEST_CASE("dropout passes gradcheck with a fixed seed", "[ops][dropout][gradchec
   CHECK(result.passed);
 }
 
-TEST_CASE("dropout masks a non-contiguous input by row-major position, like its contiguous copy", "[ops][dropout]") {
+TEST_CASE("dropout masks a non-contiguous input by row-major position like its contiguous copy", "[ops][dropout]") {
   veil::Generator data(4);
   auto x_strided = veil::randn<double>({6, 4}, data).transpose(0, 1).detach().set_requires_grad(true);
   auto x = veil::detail::copy_contiguous(x_strided).set_requires_grad(true);
@@ -129,7 +129,7 @@ TEST_CASE("dropout selects exactly 0 for a dropped NaN", "[ops][dropout]") {
   CHECK(zeros > 0);
 }
 
-TEST_CASE("dropout rejects p outside [0, 1) naming p", "[ops][dropout][errors]") {
+TEST_CASE("dropout rejects p outside the half-open unit interval and names p", "[ops][dropout][errors]") {
   veil::Generator gen(0);
   auto x = veil::ones<double>({4});
   REQUIRE_THROWS_MATCHES(veil::dropout(x, 1.0, true, gen), veil::ValueError,

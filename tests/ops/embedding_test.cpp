@@ -18,7 +18,7 @@ Tensor<std::int64_t> indices_of(const std::vector<std::int64_t>& values, veil::S
 
 }  // namespace
 
-TEST_CASE("embedding gathers the indexed rows into [..., E]", "[ops][embedding]") {
+TEST_CASE("embedding gathers the indexed rows and appends the feature dimension", "[ops][embedding]") {
   auto weight = veil::arange<double>(0, 8).reshape({4, 2});  // row v holds {2v, 2v + 1}
   auto out = veil::embedding(weight, indices_of({3, 0, 3, 1}, {2, 2}));
   CHECK(out.shape() == veil::Shape{2, 2, 2});
@@ -92,7 +92,7 @@ TEST_CASE("embedding gradients do not depend on the thread count", "[ops][embedd
   CHECK(results[0] == results[1]);
 }
 
-TEST_CASE("embedding rejects an out-of-range index naming its position, value and range", "[ops][embedding][errors]") {
+TEST_CASE("embedding rejects an out-of-range index naming its position and value and the range", "[ops][embedding][errors]") {
   auto weight = veil::zeros<double>({65, 4});
   REQUIRE_THROWS_MATCHES(veil::embedding(weight, indices_of({0, 1, 64, 70, 2}, {5})), veil::ValueError,
                          MessageContains("embedding: indices[3] = 70 is out of range [0, 65)"));

@@ -50,7 +50,7 @@ TEST_CASE("layer_norm of a constant row returns the bias and finite gradients", 
   CHECK(bias.grad().to_vector() == std::vector<double>{1.5, -1.5, 3.5});
 }
 
-TEST_CASE("layer_norm passes gradcheck for x, weight and bias", "[ops][layer_norm][gradcheck]") {
+TEST_CASE("layer_norm passes gradcheck for x together with weight and bias", "[ops][layer_norm][gradcheck]") {
   veil::Generator gen(11);
   SECTION("one normalized dimension") {
     auto x = veil::randn<double>({3, 5}, gen).set_requires_grad(true);

@@ -47,7 +47,7 @@ TEST_CASE("cross_entropy matches hand-computed losses and gradients", "[ops][los
   for (std::size_t i = 0; i < grad.size(); ++i) CHECK(grad[i] == Approx(expected[i]).epsilon(1e-14));
 }
 
-TEST_CASE("cross_entropy skips ignored targets in the loss, the mean's count and the gradient", "[ops][loss]") {
+TEST_CASE("cross_entropy skips ignored targets in the loss and the mean's count and the gradient", "[ops][loss]") {
   veil::Generator gen(3);
   const auto logits0 = veil::randn<double>({4, 5}, gen);
   const auto targets = targets_of({1, -100, 4, 0}, {4});

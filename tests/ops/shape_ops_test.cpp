@@ -324,3 +324,31 @@ TEST_CASE("every shape op's backward on a retained graph gives identical gradien
     CHECK(std::memcmp(y_first.data(), y_second.data(), y_first.size() * sizeof(double)) == 0);
   }
 }
+
+TEST_CASE("squeeze and unsqueeze of a transposed tensor are views", "[ops][shape_ops]") {
+  auto x = veil::transpose(veil::from_vector<double>({1, 2, 3, 4, 5, 6}, {2, 3}), 0, 1);
+  auto up = veil::unsqueeze(x, 1);
+  CHECK(up.shape() == Shape{3, 1, 2});
+  CHECK(up.shares_storage_with(x));
+  CHECK(up.to_vector() == std::vector<double>{1, 4, 2, 5, 3, 6});
+  auto down = veil::squeeze(up, 1);
+  CHECK(down.shares_storage_with(x));
+  CHECK(down.to_vector() == x.to_vector());
+  auto leaf = veil::from_vector<double>({1, 2, 3, 4, 5, 6}, {2, 3}).set_requires_grad(true);
+  auto result = veil::gradcheck([](const auto& in) { return veil::unsqueeze(veil::transpose(in[0], 0, 1), 0); }, {leaf});
+  INFO(result.message);
+  CHECK(result.passed);
+}
+
+TEST_CASE("split of an empty dimension gives one empty piece", "[ops][shape_ops]") {
+  auto x = veil::zeros<double>({0, 3});
+  auto pieces = veil::split(x, 2, 0);
+  REQUIRE(pieces.size() == 1);
+  CHECK(pieces[0].shape() == Shape{0, 3});
+}
+
+TEST_CASE("dividing by a constant divides exactly", "[ops][elementwise]") {
+  auto x = veil::from_vector<float>({1.0f, 10.0f, 0.3f});
+  auto y = x / 3.0f;
+  CHECK(y.to_vector() == std::vector<float>{1.0f / 3.0f, 10.0f / 3.0f, 0.3f / 3.0f});
+}

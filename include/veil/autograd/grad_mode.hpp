@@ -25,4 +25,17 @@ class NoGradGuard {
   bool previous_;
 };
 
+/// Sets history recording on this thread to `enabled` for the guard's lifetime (gradcheck
+/// re-enables it so it works when called under a NoGradGuard).
+class GradModeGuard {
+ public:
+  explicit GradModeGuard(bool enabled) : previous_(detail::grad_mode_flag()) { detail::grad_mode_flag() = enabled; }
+  ~GradModeGuard() { detail::grad_mode_flag() = previous_; }
+  GradModeGuard(const GradModeGuard&) = delete;
+  GradModeGuard& operator=(const GradModeGuard&) = delete;
+
+ private:
+  bool previous_;
+};
+
 }  // namespace veil

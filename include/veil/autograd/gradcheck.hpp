@@ -34,6 +34,7 @@ struct GradcheckResult {
 /// fn must be deterministic (dropout: reuse one seed inside fn).
 inline GradcheckResult gradcheck(const std::function<Tensor<double>(const std::vector<Tensor<double>>&)>& fn,
                                  const std::vector<Tensor<double>>& inputs, const GradcheckOptions& options = {}) {
+  GradModeGuard grad_mode(true);
   // Private contiguous copies, so perturbing them cannot touch the caller's tensors.
   std::vector<Tensor<double>> leaves;
   for (const auto& input : inputs) {

@@ -180,6 +180,15 @@ Tensor<T> mul_scalar(const Tensor<T>& x, T s) {
   });
 }
 
+// Division by a constant divides (not multiplies by 1/s, which can differ in the last bit).
+template <class T>
+Tensor<T> div_scalar(const Tensor<T>& x, T s) {
+  Tensor<T> out = detail::map_unary(x, [s](T v) { return v / s; });
+  return autograd::record<T>("div_scalar", out, {&x}, [s](const Tensor<T>& grad) {
+    return std::vector<Tensor<T>>{detail::map_unary(grad, [s](T g) { return g / s; })};
+  });
+}
+
 // d(s - x) = -dx;  d(s / x) = -s / x^2 dx
 template <class T>
 Tensor<T> rsub_scalar(T s, const Tensor<T>& x) {
@@ -203,7 +212,7 @@ template <class T> Tensor<T> operator-(const Tensor<T>& x, T s) { return add_sca
 template <class T> Tensor<T> operator-(T s, const Tensor<T>& x) { return rsub_scalar(s, x); }
 template <class T> Tensor<T> operator*(const Tensor<T>& x, T s) { return mul_scalar(x, s); }
 template <class T> Tensor<T> operator*(T s, const Tensor<T>& x) { return mul_scalar(x, s); }
-template <class T> Tensor<T> operator/(const Tensor<T>& x, T s) { return mul_scalar(x, T(1) / s); }
+template <class T> Tensor<T> operator/(const Tensor<T>& x, T s) { return div_scalar(x, s); }
 template <class T> Tensor<T> operator/(T s, const Tensor<T>& x) { return rdiv_scalar(s, x); }
 
 // ---- unary functions ---------------------------------------------------------------------------

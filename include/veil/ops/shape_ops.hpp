@@ -137,13 +137,20 @@ Tensor<T> expand(const Tensor<T>& x, const Shape& shape) {
   });
 }
 
+template <class T>
+Tensor<T> squeeze(const Tensor<T>& x, Index dim);
+
 /// Inserts a dimension of extent 1 at `dim` (in [-rank-1, rank]).
 template <class T>
 Tensor<T> unsqueeze(const Tensor<T>& x, Index dim) {
   dim = wrap_dim(dim, x.dim() + 1, "unsqueeze dim");
-  Shape shape = x.shape();
+  Shape shape = x.shape(), strides = x.strides();
   shape.insert(shape.begin() + dim, 1);
-  return reshape(x, shape);
+  strides.insert(strides.begin() + dim, dim < x.dim() ? x.strides()[dim] * x.shape()[dim] : 1);
+  Tensor<T> out = Tensor<T>::view_of(x, shape, strides, x.offset());  // a view for any layout
+  return autograd::record<T>("unsqueeze", out, {&x}, [dim](const Tensor<T>& grad) {
+    return std::vector<Tensor<T>>{squeeze(grad, dim)};
+  });
 }
 
 /// Removes dimension `dim`, which must have extent 1.
@@ -152,9 +159,13 @@ Tensor<T> squeeze(const Tensor<T>& x, Index dim) {
   dim = wrap_dim(dim, x.dim(), "squeeze dim");
   VEIL_CHECK(x.shape()[dim] == 1, ShapeError, "squeeze: dimension ", dim, " of shape ", to_string(x.shape()),
              " has extent ", x.shape()[dim], ", expected 1");
-  Shape shape = x.shape();
+  Shape shape = x.shape(), strides = x.strides();
   shape.erase(shape.begin() + dim);
-  return reshape(x, shape);
+  strides.erase(strides.begin() + dim);
+  Tensor<T> out = Tensor<T>::view_of(x, shape, strides, x.offset());  // a view for any layout
+  return autograd::record<T>("squeeze", out, {&x}, [dim](const Tensor<T>& grad) {
+    return std::vector<Tensor<T>>{unsqueeze(grad, dim)};
+  });
 }
 
 /// Concatenation along `dim`; every other extent must agree.
@@ -197,6 +208,7 @@ std::vector<Tensor<T>> split(const Tensor<T>& x, Index split_size, Index dim) {
   VEIL_CHECK(split_size > 0, ValueError, "split: split_size must be > 0, got ", split_size);
   const Index extent = x.size(dim);
   std::vector<Tensor<T>> pieces;
+  if (extent == 0) pieces.push_back(x);  // PyTorch: one empty piece
   for (Index start = 0; start < extent; start += split_size)
     pieces.push_back(slice(x, dim, start, std::min(start + split_size, extent)));
   return pieces;

@@ -158,14 +158,11 @@ TEMPLATE_TEST_CASE("check_masked_inputs_unread passes the reference path on ever
   CHECK(poisoned_checks >= 12);  // most masks leave something unread: the check is not vacuous
 }
 
-// KNOWN FAILURE of the fused kernel, found by this checker (hence [!mayfail]: reported, not fatal).
-// For masks that are not one key interval per row (dense, custom, additive compositions) a partial
-// tile is not trimmed to its kept keys; when that tile's V holds a non-finite value the forward
-// switches from the Eigen GEMM P·V to a scalar loop over kept entries, which sums in another order.
-// The output then differs from the clean run in the last bit (no NaN leaks). Remove the tag once
-// the kernel keeps the GEMM (e.g. on a V tile copy whose unread rows are zeroed).
+// Dense, custom and additive masks are not one key interval per row, so partial tiles are not
+// trimmed: unread NaN rows sit inside the GEMM's operand and must be zeroed without changing the
+// product's summation order.
 TEMPLATE_TEST_CASE("check_masked_inputs_unread passes the fused op on dense, custom and additive masks",
-                   "[attention][checks][!mayfail]", float, double) {
+                   "[attention][checks]", float, double) {
   using T = TestType;
   for (const auto& [name, m] : dense_masks<T>()) {
     const CheckResult result = check_named<T>(name, m, /*reference=*/false);

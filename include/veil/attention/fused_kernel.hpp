@@ -14,10 +14,12 @@
 //
 // Cut edges. Empty tiles are never read. In partial tiles, masked scores are *selected* to -inf
 // (so NaN/inf in a masked key or bias cannot leak through S) and masked dS are selected to 0.
-// A product P·V or dS·K would still turn 0 · NaN into NaN, so partial tiles whose V (forward) or
-// K (backward) holds a non-finite value take an exact masked loop instead of the GEMM. Fully
-// masked rows end with l = 0: output 0, logsumexp -inf, and they are masked in every tile they
-// appear in, so their dS, and hence dQ, is exactly 0.
+// A product P·V or dS·K would still turn 0 · NaN into NaN, so when a partial tile's V (forward)
+// or K (backward) holds a non-finite value, the GEMM reads a copy whose rows no query of the
+// tile keeps are zeroed: keys masked for every query are never read, bit for bit. (A key kept by
+// some query of a tile is read by the whole tile: NaN in it reaches that tile's other rows.)
+// Fully masked rows end with l = 0: output 0, logsumexp -inf, and they are masked in every tile
+// they appear in, so their dS, and hence dQ, is exactly 0.
 #pragma once
 
 #include <Eigen/Core>
@@ -85,6 +87,21 @@ bool all_finite(const Operand<T>& x, Index b, Index h, Index l0, Index rows, Ind
   return true;
 }
 
+/// Rows [l0, l0 + count) of x with the rows no query of the tile keeps replaced by 0, in
+/// `scratch`. Used instead of x when a partial tile holds NaN or inf: the product then runs the
+/// same GEMM (so kept results are bit-identical to a clean run) without turning 0 · NaN into NaN.
+template <class T>
+ConstMatrixMap<T> unread_rows_zeroed(const Operand<T>& x, Index b, Index h, Index l0, Index count, Index width,
+                                     const std::uint8_t* keep, Index rows, Index ld, std::vector<T>& scratch) {
+  scratch.assign(static_cast<std::size_t>(count * width), T(0));
+  for (Index c = 0; c < count; ++c) {
+    bool read = false;
+    for (Index r = 0; r < rows && !read; ++r) read = keep[r * ld + c] != 0;
+    if (read) std::copy(x.row(b, h, l0 + c), x.row(b, h, l0 + c) + width, scratch.data() + c * width);
+  }
+  return ConstMatrixMap<T>(scratch.data(), count, width, Eigen::OuterStride<>(width));
+}
+
 /// Narrows a partial tile's keys [k0, k0 + cols) to the columns some row keeps.
 template <class T>
 void trim_keys(const mask::Bound<T>& mask, Index b, Index h, Index q0, Index rows, Index& k0, Index& cols) {
@@ -144,6 +161,7 @@ void attention_forward(const Operand<T>& query, const Operand<T>& key, const Ope
     std::vector<T> scaled_query_buffer(static_cast<std::size_t>(rows * D));
     std::vector<T> scores(static_cast<std::size_t>(rows * tile_k)), dropped;
     std::vector<std::uint8_t> keep(static_cast<std::size_t>(rows * tile_k));
+    std::vector<T> sanitized;
     RowMatrix<T> accumulator = RowMatrix<T>::Zero(rows, Dv);
     std::vector<T> row_max(static_cast<std::size_t>(rows), minus_infinity), row_sum(static_cast<std::size_t>(rows), T(0));
     if (config.dropout > 0) dropped.resize(scores.size());
@@ -168,7 +186,9 @@ void attention_forward(const Operand<T>& query, const Operand<T>& key, const Ope
           continue;
         }
         const T correction = std::exp(row_max[r] - new_max);  // exp(-inf) = 0 on the first kept tile
-        row = (row - new_max).exp();
+        // Eigen's vectorised exp clamps its argument, so exp(-inf) is ~3e-39 (float), not 0:
+        // select cut edges to exact 0 so they cannot leak (1e30 values, nonzero dK/dV).
+        row = (row == minus_infinity).select(T(0), (row - new_max).exp());
         row_sum[r] = row_sum[r] * correction + row.sum();
         row_max[r] = new_max;
         if (correction != T(1)) accumulator.row(r) *= correction;
@@ -185,12 +205,7 @@ void attention_forward(const Operand<T>& query, const Operand<T>& key, const Ope
       }
       const ConstMatrixMap<T> p(probabilities, rows, cols, Eigen::OuterStride<>(tile_k));
       if (kind == TileKind::partial && !all_finite(value, b, kv_head, k0, cols, Dv)) {
-        for (Index r = 0; r < rows; ++r)
-          for (Index c = 0; c < cols; ++c)
-            if (keep[r * tile_k + c]) {
-              const T* v_row = value.row(b, kv_head, k0 + c);
-              for (Index d = 0; d < Dv; ++d) accumulator(r, d) += p(r, c) * v_row[d];
-            }
+        accumulator.noalias() += p * unread_rows_zeroed(value, b, kv_head, k0, cols, Dv, keep.data(), rows, tile_k, sanitized);
       } else {
         accumulator.noalias() += p * tile_of(value, b, kv_head, k0, cols, Dv);
       }
@@ -257,6 +272,7 @@ void attention_backward(const Operand<T>& query, const Operand<T>& key, const Op
 
     std::vector<T> scores(static_cast<std::size_t>(tile_q * tile_k)), grad_p(scores.size()), dropped;
     std::vector<std::uint8_t> keep(scores.size()), dropout_keep;
+    std::vector<T> sanitized;
     std::vector<T> scaled_query_buffer(static_cast<std::size_t>(tile_q * D));
     if (config.dropout > 0) dropped.resize(scores.size()), dropout_keep.resize(scores.size());
     RowMatrix<T> dk_tile(tile_k, D), dv_tile(tile_k, Dv);
@@ -289,7 +305,7 @@ void attention_backward(const Operand<T>& query, const Operand<T>& key, const Op
           for (Index r = 0; r < rows; ++r) {
             const T lse = logsumexp[bh * s.query_length + q0 + r];
             RowArrayMap<T> row(scores.data() + r * tile_k, key_count);
-            row = (row - (lse == minus_infinity ? T(0) : lse)).exp();
+            row = (row == minus_infinity).select(T(0), (row - (lse == minus_infinity ? T(0) : lse)).exp());
           }
           const ConstMatrixMap<T> p(scores.data(), rows, key_count, Eigen::OuterStride<>(tile_k));
           const auto grad_out_tile = tile_of(grad_out, b, h, q0, rows, Dv);
@@ -332,9 +348,8 @@ void attention_backward(const Operand<T>& query, const Operand<T>& key, const Op
             key_finite_known = true;
           }
           if (kind == TileKind::partial && !key_finite) {
-            for (Index r = 0; r < rows; ++r)
-              for (Index c = 0; c < key_count; ++c)
-                if (keep[r * tile_k + c]) dq.row(r) += ds(r, c) * k_tile.row(offset + c);
+            dq.noalias() += ds * unread_rows_zeroed(key, b, kv_head, key_begin, key_count, D, keep.data(), rows, tile_k,
+                                                    sanitized);
           } else {
             dq.noalias() += ds * k_tile.middleRows(offset, key_count);
           }

@@ -71,10 +71,11 @@ AttentionResult<T> scaled_dot_product_attention_with_logsumexp(const Tensor<T>& 
   detail::KernelConfig config;
   config.scale = detail::scale_of<T>(s, options);
   config.dropout = options.dropout;
-  if (options.dropout > 0) config.dropout_seed = options.generator->next_bits();
   detail::choose_tiles(s.head_dim, config.tile_q, config.tile_k);
   const mask::Geometry geometry{s.batch, s.heads, s.query_length, s.key_length, config.tile_q, config.tile_k};
   std::shared_ptr<const mask::Bound<T>> bound = mask::bind<T>(mask, geometry);
+  // Drawn only after the mask validated: a call that throws leaves the generator untouched.
+  if (options.dropout > 0) config.dropout_seed = options.generator->next_bits();
 
   const auto query = detail::prepare(q), key = detail::prepare(k), value = detail::prepare(v);
   Tensor<T> out = Tensor<T>::empty({s.batch, s.heads, s.query_length, s.value_dim});

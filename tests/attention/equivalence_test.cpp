@@ -1,0 +1,165 @@
+// One meaning per mask: causal() == allow(tril) == forbid(triu(1)) == additive(-inf above the
+// diagonal), and the bottom-right / top-left alignments when Lq != Lk, pinned by hand-written
+// pictures.
+#include <veil/veil.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+using veil::Index;
+using veil::Tensor;
+namespace mask = veil::mask;
+
+namespace {
+
+/// [Lq, Lk] bool tensor with entry (i, j) = j <= i + offset.
+Tensor<bool> tril(Index Lq, Index Lk, Index offset) {
+  Tensor<bool> t = veil::zeros<bool>({Lq, Lk});
+  for (Index i = 0; i < Lq; ++i)
+    for (Index j = 0; j < Lk; ++j) t.data()[i * Lk + j] = j <= i + offset;
+  return t;
+}
+
+Tensor<bool> negate(const Tensor<bool>& x) {
+  Tensor<bool> t = veil::zeros<bool>(x.shape());
+  for (Index e = 0; e < x.numel(); ++e) t.data()[e] = !x.data()[e];
+  return t;
+}
+
+template <class T>
+Tensor<T> minus_infinity_where_false(const Tensor<bool>& keep) {
+  Tensor<T> t = veil::zeros<T>(keep.shape());
+  for (Index e = 0; e < keep.numel(); ++e) t.data()[e] = keep.data()[e] ? T(0) : -std::numeric_limits<T>::infinity();
+  return t;
+}
+
+template <class T>
+struct Result {
+  std::vector<T> out, dq, dk, dv;
+};
+
+template <class T>
+Result<T> attend(const Tensor<T>& q0, const Tensor<T>& k0, const Tensor<T>& v0, const Tensor<T>& grad_out,
+                 const mask::Mask& m) {
+  auto q = q0.detach().contiguous().detach().set_requires_grad(true);
+  auto k = k0.detach().contiguous().detach().set_requires_grad(true);
+  auto v = v0.detach().contiguous().detach().set_requires_grad(true);
+  auto out = veil::scaled_dot_product_attention(q, k, v, m);
+  out.backward(grad_out);
+  return {out.to_vector(), q.grad().to_vector(), k.grad().to_vector(), v.grad().to_vector()};
+}
+
+template <class T>
+double max_abs_diff(const std::vector<T>& a, const std::vector<T>& b) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0;
+  for (std::size_t e = 0; e < a.size(); ++e) {
+    REQUIRE(!std::isnan(a[e]));
+    REQUIRE(!std::isnan(b[e]));
+    worst = std::max(worst, std::abs(static_cast<double>(a[e]) - b[e]));
+  }
+  return worst;
+}
+
+template <class T>
+void check_causal_spellings(Index Lq, Index Lk, Index D, double tolerance) {
+  veil::Generator gen(static_cast<std::uint64_t>(Lq * 1000 + Lk));
+  const Index B = 2, H = 4, Hkv = 2;
+  const auto q = veil::randn<T>({B, H, Lq, D}, gen), k = veil::randn<T>({B, Hkv, Lk, D}, gen);
+  const auto v = veil::randn<T>({B, Hkv, Lk, D}, gen), grad_out = veil::randn<T>({B, H, Lq, D}, gen);
+  const Tensor<bool> lower = tril(Lq, Lk, Lk - Lq);  // bottom-right aligned
+  const auto expected = attend(q, k, v, grad_out, mask::causal());
+  const mask::Mask spellings[] = {mask::allow(lower), mask::forbid(negate(lower)),
+                                  mask::additive(minus_infinity_where_false<T>(lower)),
+                                  mask::sliding_window(mask::unbounded, 0)};
+  const char* names[] = {"allow(tril)", "forbid(triu(1))", "additive(-inf above the diagonal)",
+                         "sliding_window(unbounded, 0)"};
+  for (int s = 0; s < 4; ++s) {
+    const auto got = attend(q, k, v, grad_out, spellings[s]);
+    INFO(names[s] << " vs causal(), Lq = " << Lq << ", Lk = " << Lk);
+    CHECK(max_abs_diff(got.out, expected.out) <= tolerance);
+    CHECK(max_abs_diff(got.dq, expected.dq) <= tolerance);
+    CHECK(max_abs_diff(got.dk, expected.dk) <= tolerance);
+    CHECK(max_abs_diff(got.dv, expected.dv) <= tolerance);
+  }
+}
+
+/// Renders a [1, 1, Lq, Lk] keep pattern as rows of '1'/'0'.
+std::vector<std::string> picture(const Tensor<bool>& keep) {
+  const Index Lq = keep.size(2), Lk = keep.size(3);
+  std::vector<std::string> rows;
+  for (Index i = 0; i < Lq; ++i) {
+    std::string row;
+    for (Index j = 0; j < Lk; ++j) row += keep.data()[i * Lk + j] ? '1' : '0';
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+Tensor<bool> from_picture(const std::vector<std::string>& rows) {
+  const Index Lq = static_cast<Index>(rows.size()), Lk = static_cast<Index>(rows[0].size());
+  Tensor<bool> t = veil::zeros<bool>({Lq, Lk});
+  for (Index i = 0; i < Lq; ++i)
+    for (Index j = 0; j < Lk; ++j) t.data()[i * Lk + j] = rows[static_cast<std::size_t>(i)][static_cast<std::size_t>(j)] == '1';
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("causal equals allow(tril), forbid(triu(1)) and additive(-inf above the diagonal)",
+          "[attention][equivalence][causal]") {
+  for (auto [Lq, Lk] : std::vector<std::pair<Index, Index>>{{70, 70}, {3, 5}, {5, 3}, {40, 150}, {150, 40}}) {
+    check_causal_spellings<double>(Lq, Lk, 8, 1e-12);
+    check_causal_spellings<float>(Lq, Lk, 8, 1e-5);
+  }
+}
+
+TEST_CASE("Causal alignments pictured for 3x5 and 5x3", "[attention][equivalence][causal][materialize]") {
+  using Picture = std::vector<std::string>;
+  // Bottom-right (flash-attention >= 2.1): keep j <= i + (Lk - Lq).
+  CHECK(picture(mask::materialize(mask::causal(), 1, 1, 3, 5)) == Picture{"11100", "11110", "11111"});
+  CHECK(picture(mask::materialize(mask::causal(), 1, 1, 5, 3)) == Picture{"000", "000", "100", "110", "111"});
+  // Top-left (PyTorch is_causal): keep j <= i.
+  CHECK(picture(mask::materialize(mask::causal_top_left(), 1, 1, 3, 5)) == Picture{"10000", "11000", "11100"});
+  CHECK(picture(mask::materialize(mask::causal_top_left(), 1, 1, 5, 3)) == Picture{"100", "110", "111", "111", "111"});
+  // Equal lengths: both alignments agree.
+  CHECK(picture(mask::materialize(mask::causal(), 1, 1, 3, 3)) == Picture{"100", "110", "111"});
+  CHECK(picture(mask::materialize(mask::causal_top_left(), 1, 1, 3, 3)) == Picture{"100", "110", "111"});
+  // sliding_window(1, 1) is bottom-right aligned too; & causal() keeps the last two keys.
+  CHECK(picture(mask::materialize(mask::sliding_window(1, 1), 1, 1, 3, 5)) == Picture{"01110", "00111", "00011"});
+  CHECK(picture(mask::materialize(mask::causal() & mask::sliding_window(1, 0), 1, 1, 5, 3)) ==
+        Picture{"000", "000", "100", "110", "011"});
+}
+
+TEST_CASE("Causal alignments attend like hand-built allow masks when Lq != Lk", "[attention][equivalence][causal]") {
+  veil::Generator gen(77);
+  const struct {
+    mask::Mask mask;
+    std::vector<std::string> rows;
+  } cases[] = {{mask::causal(), {"11100", "11110", "11111"}},
+               {mask::causal_top_left(), {"10000", "11000", "11100"}},
+               {mask::causal(), {"000", "000", "100", "110", "111"}},
+               {mask::causal_top_left(), {"100", "110", "111", "111", "111"}}};
+  for (const auto& c : cases) {
+    const Index Lq = static_cast<Index>(c.rows.size()), Lk = static_cast<Index>(c.rows[0].size());
+    const auto q = veil::randn<double>({1, 2, Lq, 4}, gen), k = veil::randn<double>({1, 2, Lk, 4}, gen);
+    const auto v = veil::randn<double>({1, 2, Lk, 3}, gen), grad_out = veil::randn<double>({1, 2, Lq, 3}, gen);
+    const auto typed = attend(q, k, v, grad_out, c.mask);
+    const auto hand = attend(q, k, v, grad_out, mask::allow(from_picture(c.rows)));
+    INFO("Lq = " << Lq << ", Lk = " << Lk);
+    CHECK(max_abs_diff(typed.out, hand.out) <= 1e-12);
+    CHECK(max_abs_diff(typed.dq, hand.dq) <= 1e-12);
+    CHECK(max_abs_diff(typed.dk, hand.dk) <= 1e-12);
+    CHECK(max_abs_diff(typed.dv, hand.dv) <= 1e-12);
+    // Rows the picture leaves empty are exactly 0.
+    for (Index i = 0; i < Lq; ++i)
+      if (c.rows[static_cast<std::size_t>(i)].find('1') == std::string::npos)
+        for (Index h = 0; h < 2; ++h)
+          for (Index d = 0; d < 3; ++d) CHECK(typed.out[static_cast<std::size_t>((h * Lq + i) * 3 + d)] == 0.0);
+  }
+}

@@ -218,15 +218,12 @@ TEST_CASE("NaN, inf and 1e30 in keys and bias entries cut by allow & additive ch
   check_scenario(allow_and_additive_scenario(), 2 * 20, allow_and_additive_cut_entries(), Poisons::all_but_nonfinite_v);
 }
 
-// KNOWN ISSUE (reported, not fixed): in a *partial* tile of a dense mask whose V tile holds a
-// non-finite value, the forward takes an exact masked loop instead of the GEMM. The result is
-// correct but summed in a different order, so output, dq, dk and d(bias) differ from the clean run
-// in the last bits (first difference at output element 0) although the poisoned keys are cut for
-// every query. Interval masks (key_padding, documents, causal) are unaffected because their
-// partial tiles are trimmed to the kept keys. Tagged [!mayfail] so the suite stays usable; remove
-// the tag when the kernel zero-fills cut V rows (or otherwise keeps the GEMM) instead.
+// Regression: partial tiles of a dense mask whose V (or K) tile holds a non-finite value used to
+// take an exact masked loop instead of the GEMM, summing in another order, so output, dq, dk and
+// d(bias) differed from the clean run in the last bits. Interval masks never hit this because
+// their partial tiles are trimmed to the kept keys.
 TEST_CASE("NaN and inf in values cut by a dense allow mask change no output or gradient bit",
-          "[attention][cut_edges][allow][!mayfail]") {
+          "[attention][cut_edges][allow]") {
   check_scenario(allow_and_additive_scenario(), 2 * 20, allow_and_additive_cut_entries(), Poisons::only_nonfinite_v);
 }
 

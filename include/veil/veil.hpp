@@ -6,3 +6,4 @@
 #include "veil/autograd.hpp"
 #include "veil/ops.hpp"
 #include "veil/attention.hpp"
+#include "veil/nn.hpp"

@@ -7,3 +7,4 @@
 #include "veil/ops.hpp"
 #include "veil/attention.hpp"
 #include "veil/nn.hpp"
+#include "veil/optim.hpp"

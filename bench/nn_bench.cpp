@@ -1,0 +1,133 @@
+// nn::MultiHeadAttention forward + backward against its own parts timed alone, in the same run:
+//
+//   BM_MhaModule  mha(x, mask::causal()) then backward: x [B, L, E] and every parameter get
+//                 gradients (packed in_proj GEMM + bias, head split views, fused attention, head
+//                 merge copy, out_proj GEMM + bias);
+//   BM_MhaParts   the same arithmetic without the module: the four projection GEMMs
+//                 ([B·L, E] x [E, E] for q, k, v and out) and the fused causal attention on
+//                 ready-made [B, H, L, D] tensors, each forward then backward on its own.
+// at B = 8, L = 512, E = 512, H = 8 (D = 64), fp32. Target: module / parts <= 1.25. The closing
+// "ratios" block divides the two (medians when run with --benchmark_repetitions).
+//
+//   build/bench/nn_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+#include <veil/attention.hpp>
+#include <veil/nn.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+using veil::Index;
+using veil::Tensor;
+namespace nn = veil::nn;
+
+constexpr Index kBatch = 8, kLength = 512, kEmbed = 512, kHeads = 8, kHeadDim = kEmbed / kHeads;
+
+/// FLOPs of one forward + backward: 4 projections (2·B·L·E² each, backward twice that) and causal
+/// attention (4·B·H·L²·D dense forward, 3.5x with backward, about half the pairs kept).
+double flops_per_iteration() {
+  const double projections = 4 * 3 * 2.0 * kBatch * kLength * kEmbed * kEmbed;
+  const double attention = 14.0 * kBatch * kHeads * kLength * kLength * kHeadDim * 0.5;
+  return projections + attention;
+}
+
+Tensor<float> leaf(const veil::Shape& shape, veil::Generator& generator) {
+  Tensor<float> t = veil::randn<float>(shape, generator);
+  t.set_requires_grad(true);
+  return t;
+}
+
+void BM_MhaModule(benchmark::State& state) {
+  veil::Generator generator(1);
+  nn::MultiHeadAttention<float> mha(nn::MultiHeadAttentionOptions{.embed_dim = kEmbed, .num_heads = kHeads}, generator);
+  const Tensor<float> x = leaf({kBatch, kLength, kEmbed}, generator);
+  const Tensor<float> grad_out = veil::randn<float>({kBatch, kLength, kEmbed}, generator);
+  {
+    const Tensor<float> y = mha(x, veil::mask::causal());
+    for (float value : y.to_vector())
+      if (!std::isfinite(value)) throw std::runtime_error("nn_bench: the module's output is not finite");
+  }
+  for (auto _ : state) {
+    mha.zero_grad();
+    x.zero_grad();
+    Tensor<float> y = mha(x, veil::mask::causal());
+    y.backward(grad_out);
+    benchmark::DoNotOptimize(x.grad().data());
+  }
+  state.counters["GFLOPs"] =
+      benchmark::Counter(flops_per_iteration() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_MhaParts(benchmark::State& state) {
+  veil::Generator generator(2);
+  const veil::Shape rows{kBatch, kLength, kEmbed}, heads{kBatch, kHeads, kLength, kHeadDim};
+  std::vector<Tensor<float>> inputs, weights;
+  for (int p = 0; p < 4; ++p) inputs.push_back(leaf(rows, generator)), weights.push_back(leaf({kEmbed, kEmbed}, generator));
+  const Tensor<float> q = leaf(heads, generator), k = leaf(heads, generator), v = leaf(heads, generator);
+  const Tensor<float> grad_rows = veil::randn<float>(rows, generator), grad_heads = veil::randn<float>(heads, generator);
+  for (auto _ : state) {
+    for (int p = 0; p < 4; ++p) {
+      inputs[p].zero_grad(), weights[p].zero_grad();
+      veil::matmul(inputs[p], veil::transpose(weights[p], 0, 1)).backward(grad_rows);
+    }
+    q.zero_grad(), k.zero_grad(), v.zero_grad();
+    veil::scaled_dot_product_attention(q, k, v, veil::mask::causal()).backward(grad_heads);
+    benchmark::DoNotOptimize(q.grad().data());
+  }
+  state.counters["GFLOPs"] =
+      benchmark::Counter(flops_per_iteration() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+BENCHMARK(BM_MhaModule)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_MhaParts)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+/// The console report, followed by module time / parts time.
+class RatioReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const Run& run : runs) {
+      if (run.error_occurred) continue;
+      const bool median = run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
+      const bool single = run.run_type == Run::RT_Iteration && run.repetitions == 1;
+      if (!median && !single) continue;
+      seconds_[run.run_name.function_name] = run.GetAdjustedRealTime() / benchmark::GetTimeUnitMultiplier(run.time_unit);
+      any_median_ = any_median_ || median;
+    }
+  }
+
+  void Finalize() override {
+    std::ostream& out = GetOutputStream();
+    if (seconds_.count("BM_MhaModule") && seconds_.count("BM_MhaParts")) {
+      const double module = seconds_["BM_MhaModule"], parts = seconds_["BM_MhaParts"];
+      out << "\nratios (module / parts" << (any_median_ ? ", medians" : "") << ")\n" << std::fixed
+          << std::setprecision(2) << "  MultiHeadAttention fwd+bwd B=8 L=512 E=512 H=8 causal: " << module * 1e3
+          << " ms vs projections + fused attention alone " << parts * 1e3 << " ms: ratio " << module / parts
+          << " (target <= 1.25)\n";
+    }
+    ConsoleReporter::Finalize();
+  }
+
+ private:
+  std::map<std::string, double> seconds_;
+  bool any_median_ = false;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  RatioReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  return 0;
+}

@@ -87,6 +87,22 @@ bool all_finite(const Operand<T>& x, Index b, Index h, Index l0, Index rows, Ind
   return true;
 }
 
+/// finite[(b · heads + h) · tiles + t] = 1 when rows [t·tile, (t+1)·tile) of x[b, h] hold only
+/// finite values: one pass per call, so partial tiles need not rescan K or V.
+template <class T>
+std::vector<std::uint8_t> finite_tiles(const Operand<T>& x, Index batch, Index heads, Index length, Index width,
+                                       Index tile) {
+  const Index tiles = (length + tile - 1) / tile;
+  std::vector<std::uint8_t> finite(static_cast<std::size_t>(batch * heads * tiles));
+  parallel_for(0, batch * heads * tiles, 16, [&](Index first, Index last) {
+    for (Index item = first; item < last; ++item) {
+      const Index t = item % tiles, bh = item / tiles, l0 = t * tile;
+      finite[item] = all_finite(x, bh / heads, bh % heads, l0, std::min(tile, length - l0), width);
+    }
+  });
+  return finite;
+}
+
 /// Rows [l0, l0 + count) of x with the rows no query of the tile keeps replaced by 0, in
 /// `scratch`. Used instead of x when a partial tile holds NaN or inf: the product then runs the
 /// same GEMM (so kept results are bit-identical to a clean run) without turning 0 · NaN into NaN.
@@ -152,6 +168,7 @@ void attention_forward(const Operand<T>& query, const Operand<T>& key, const Ope
   constexpr T minus_infinity = -std::numeric_limits<T>::infinity();
   const Index D = s.head_dim, Dv = s.value_dim;
 
+  const std::vector<std::uint8_t> value_finite = finite_tiles(value, s.batch, s.kv_heads, s.key_length, Dv, tile_k);
   parallel_for_dynamic(s.batch * s.heads * tiles_q, [&](Index item) {
     // Dynamic scheduling keeps threads busy when tiles differ in cost (causal, documents).
     const Index qt = item % tiles_q, bh = item / tiles_q;
@@ -204,7 +221,7 @@ void attention_forward(const Operand<T>& query, const Operand<T>& key, const Ope
         probabilities = dropped.data();
       }
       const ConstMatrixMap<T> p(probabilities, rows, cols, Eigen::OuterStride<>(tile_k));
-      if (kind == TileKind::partial && !all_finite(value, b, kv_head, k0, cols, Dv)) {
+      if (kind == TileKind::partial && !value_finite[(b * s.kv_heads + kv_head) * tiles_k + kt]) {
         accumulator.noalias() += p * unread_rows_zeroed(value, b, kv_head, k0, cols, Dv, keep.data(), rows, tile_k, sanitized);
       } else {
         accumulator.noalias() += p * tile_of(value, b, kv_head, k0, cols, Dv);
@@ -263,6 +280,7 @@ void attention_backward(const Operand<T>& query, const Operand<T>& key, const Op
   std::vector<T> partial_grad_query;
   if (partitions > 1) partial_grad_query.assign(static_cast<std::size_t>(pairs * partitions * query_block), T(0));
 
+  const std::vector<std::uint8_t> key_finite_tiles = finite_tiles(key, s.batch, s.kv_heads, s.key_length, D, tile_k);
   parallel_for_dynamic(pairs * partitions, [&](Index item) {
     const Index pair = item / partitions, partition = item % partitions;
     const Index b = pair / s.kv_heads, kv_head = pair % s.kv_heads;
@@ -283,7 +301,7 @@ void attention_backward(const Operand<T>& query, const Operand<T>& key, const Op
       dv_tile.setZero();
       const auto k_tile = tile_of(key, b, kv_head, k0, cols, D);
       const auto v_tile = tile_of(value, b, kv_head, k0, cols, Dv);
-      bool key_finite_known = false, key_finite = true;
+      const bool key_finite = key_finite_tiles[(b * s.kv_heads + kv_head) * tiles_k + kt];
       for (Index g = 0; g < G; ++g) {
         const Index h = kv_head * G + g, bh = b * s.heads + h;
         for (Index qt = 0; qt < tiles_q; ++qt) {
@@ -343,10 +361,6 @@ void attention_backward(const Operand<T>& query, const Operand<T>& key, const Op
           const ConstMatrixMap<T> ds(grad_p.data(), rows, key_count, Eigen::OuterStride<>(tile_k));
 
           MatrixMap<T> dq(dq_group + (g * s.query_length + q0) * D, rows, D, Eigen::OuterStride<>(D));
-          if (kind == TileKind::partial && !key_finite_known) {
-            key_finite = all_finite(key, b, kv_head, k0, cols, D);  // the whole key tile
-            key_finite_known = true;
-          }
           if (kind == TileKind::partial && !key_finite) {
             dq.noalias() += ds * unread_rows_zeroed(key, b, kv_head, key_begin, key_count, D, keep.data(), rows, tile_k,
                                                     sanitized);

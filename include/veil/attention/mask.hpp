@@ -420,10 +420,17 @@ class BoundDense final : public Bound<T> {
     return view_.lookup(b, h, q0, k0);
   }
   void fill(Index b, Index h, Index q0, Index q1, Index k0, Index k1, std::uint8_t* keep, Index ld) const override {
+    const Index stride = view_.strides[3];
+    const bool keep_when = keep_when_;
     for (Index i = q0; i < q1; ++i) {
-      const bool* row = view_.at(b, h, i);
+      const bool* row = view_.at(b, h, i) + k0 * stride;
       std::uint8_t* out = keep + (i - q0) * ld;
-      for (Index j = k0; j < k1; ++j) out[j - k0] = row[j * view_.strides[3]] == keep_when_;
+      // Locals, not members, in the loops: byte stores may alias them, which would block vectorising.
+      if (stride == 1 && keep_when) {
+        for (Index c = 0; c < k1 - k0; ++c) out[c] = row[c];
+      } else {
+        for (Index c = 0; c < k1 - k0; ++c) out[c] = row[c * stride] == keep_when;
+      }
     }
   }
 
@@ -440,10 +447,11 @@ class BoundAdditive final : public Bound<T> {
     return view_.lookup(b, h, q0, k0);
   }
   void fill(Index b, Index h, Index q0, Index q1, Index k0, Index k1, std::uint8_t* keep, Index ld) const override {
+    const Index stride = view_.strides[3];
     for (Index i = q0; i < q1; ++i) {
-      const T* row = view_.at(b, h, i);
+      const T* row = view_.at(b, h, i) + k0 * stride;
       std::uint8_t* out = keep + (i - q0) * ld;
-      for (Index j = k0; j < k1; ++j) out[j - k0] = row[j * view_.strides[3]] != -std::numeric_limits<T>::infinity();
+      for (Index c = 0; c < k1 - k0; ++c) out[c] = row[c * stride] != -std::numeric_limits<T>::infinity();
     }
   }
   bool has_bias() const override { return true; }

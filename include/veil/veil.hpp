@@ -7,4 +7,5 @@
 #include "veil/ops.hpp"
 #include "veil/attention.hpp"
 #include "veil/nn.hpp"
+#include "veil/io.hpp"
 #include "veil/optim.hpp"

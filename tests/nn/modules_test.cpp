@@ -118,7 +118,7 @@ TEST_CASE("Embedding looks up rows and its gradient passes gradcheck", "[nn][emb
   CHECK_THROWS_AS(table(veil::from_vector<std::int64_t>({5}, {1})), veil::ValueError);
 }
 
-TEST_CASE("LayerNorm has weight and bias by default, only a weight without bias, and passes gradcheck", "[nn][layer_norm][gradcheck]") {
+TEST_CASE("LayerNorm has weight and bias by default and only a weight without bias and passes gradcheck", "[nn][layer_norm][gradcheck]") {
   nn::LayerNorm<double> with_bias(nn::LayerNormOptions{.normalized_shape = {4}});
   nn::LayerNorm<double> no_bias(nn::LayerNormOptions{.normalized_shape = {4}, .bias = false});
   CHECK(names_of(with_bias.named_parameters()) == std::vector<std::string>{"weight", "bias"});

@@ -59,7 +59,7 @@ BoundParameters parameters_of(nn::MultiHeadAttention<double>& mha) {
 
 }  // namespace
 
-TEST_CASE("MultiHeadAttention parameters carry torch's names in the packed and the separate layouts", "[nn][mha]") {
+TEST_CASE("MultiHeadAttention parameters carry the torch names in the packed and the separate layouts", "[nn][mha]") {
   nn::MultiHeadAttention packed(nn::MultiHeadAttentionOptions{.embed_dim = 8, .num_heads = 2});
   static_assert(std::is_same_v<decltype(packed), nn::MultiHeadAttention<float>>, "deduces float");
   CHECK(packed.packed());
@@ -206,7 +206,7 @@ TEST_CASE("a cached step is differentiable in its own query key and value", "[nn
                        MessageContains("the cache holds keys [1, 2, 4, 2]"));
 }
 
-TEST_CASE("forward_with_weights returns the forward's output and probabilities that sum to one over kept keys", "[nn][mha]") {
+TEST_CASE("forward_with_weights returns the plain forward output and probabilities that sum to one over kept keys", "[nn][mha]") {
   veil::Generator generator(15);
   nn::MultiHeadAttention<double> mha(nn::MultiHeadAttentionOptions{.embed_dim = 8, .num_heads = 2}, generator);
   randomise(mha, generator);

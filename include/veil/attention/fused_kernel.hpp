@@ -62,6 +62,12 @@ inline bool dropout_keeps(std::uint64_t seed, double p, const KernelShape& s, In
   return veil::detail::bits_to_unit(veil::detail::random_bits(seed, counter)) >= p;
 }
 
+/// Scratch memory aligned like Eigen's own: Eigen's vectorised row reductions peel a scalar head
+/// up to the first aligned element, so the summation order (and the last bit of a row sum)
+/// would otherwise depend on where malloc happened to place the buffer.
+template <class T>
+using Scratch = std::vector<T, Eigen::aligned_allocator<T>>;
+
 template <class T>
 using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 template <class T>
@@ -108,7 +114,7 @@ std::vector<std::uint8_t> finite_tiles(const Operand<T>& x, Index batch, Index h
 /// same GEMM (so kept results are bit-identical to a clean run) without turning 0 · NaN into NaN.
 template <class T>
 ConstMatrixMap<T> unread_rows_zeroed(const Operand<T>& x, Index b, Index h, Index l0, Index count, Index width,
-                                     const std::uint8_t* keep, Index rows, Index ld, std::vector<T>& scratch) {
+                                     const std::uint8_t* keep, Index rows, Index ld, Scratch<T>& scratch) {
   scratch.assign(static_cast<std::size_t>(count * width), T(0));
   for (Index c = 0; c < count; ++c) {
     bool read = false;
@@ -175,10 +181,10 @@ void attention_forward(const Operand<T>& query, const Operand<T>& key, const Ope
     const Index b = bh / s.heads, h = bh % s.heads, kv_head = h / s.group();
     const Index q0 = qt * tile_q, rows = std::min(tile_q, s.query_length - q0);
 
-    std::vector<T> scaled_query_buffer(static_cast<std::size_t>(rows * D));
-    std::vector<T> scores(static_cast<std::size_t>(rows * tile_k)), dropped;
+    Scratch<T> scaled_query_buffer(static_cast<std::size_t>(rows * D));
+    Scratch<T> scores(static_cast<std::size_t>(rows * tile_k)), dropped;
     std::vector<std::uint8_t> keep(static_cast<std::size_t>(rows * tile_k));
-    std::vector<T> sanitized;
+    Scratch<T> sanitized;
     RowMatrix<T> accumulator = RowMatrix<T>::Zero(rows, Dv);
     std::vector<T> row_max(static_cast<std::size_t>(rows), minus_infinity), row_sum(static_cast<std::size_t>(rows), T(0));
     if (config.dropout > 0) dropped.resize(scores.size());
@@ -288,10 +294,10 @@ void attention_backward(const Operand<T>& query, const Operand<T>& key, const Op
                                  : grad_query + (b * s.heads + kv_head * G) * s.query_length * D;
     if (partitions == 1) std::fill(dq_group, dq_group + query_block, T(0));
 
-    std::vector<T> scores(static_cast<std::size_t>(tile_q * tile_k)), grad_p(scores.size()), dropped;
+    Scratch<T> scores(static_cast<std::size_t>(tile_q * tile_k)), grad_p(scores.size()), dropped;
     std::vector<std::uint8_t> keep(scores.size()), dropout_keep;
-    std::vector<T> sanitized;
-    std::vector<T> scaled_query_buffer(static_cast<std::size_t>(tile_q * D));
+    Scratch<T> sanitized;
+    Scratch<T> scaled_query_buffer(static_cast<std::size_t>(tile_q * D));
     if (config.dropout > 0) dropped.resize(scores.size()), dropout_keep.resize(scores.size());
     RowMatrix<T> dk_tile(tile_k, D), dv_tile(tile_k, Dv);
 

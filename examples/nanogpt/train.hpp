@@ -417,7 +417,7 @@ inline void train(const TrainOptions& options) {
             << veil::num_threads() << " threads\n";
   const auto started = std::chrono::steady_clock::now();
   const Index first_iteration = progress.iteration;
-  double smoothed_rate = 0;
+  double training_seconds = 0;
   Index iteration = progress.iteration;
   for (;; ++iteration) {
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
@@ -459,14 +459,14 @@ inline void train(const TrainOptions& options) {
     log.add({iteration, loss_value, NAN, lr});
 
     const double step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_started).count();
-    const double rate = static_cast<double>(options.batch_size * config.block_size) / step_seconds;
-    smoothed_rate = smoothed_rate == 0 ? rate : 0.9 * smoothed_rate + 0.1 * rate;
-    const Index remaining = options.max_iters - iteration - 1;
-    double eta = static_cast<double>(remaining * options.batch_size * config.block_size) / smoothed_rate;
+    training_seconds += step_seconds;
+    const double steps_done = static_cast<double>(iteration + 1 - first_iteration);
+    const double rate = steps_done * static_cast<double>(options.batch_size * config.block_size) / training_seconds;
+    double eta = static_cast<double>(options.max_iters - iteration - 1) * training_seconds / steps_done;
     if (options.max_seconds > 0) eta = std::min(eta, options.max_seconds - elapsed);
     std::ostringstream status;
     status << "iter " << iteration + 1 << "/" << options.max_iters << "  loss " << std::fixed << std::setprecision(4)
-           << loss_value << "  " << std::setprecision(1) << smoothed_rate / 1000 << "k tok/s  " << std::setprecision(0)
+           << loss_value << "  " << std::setprecision(1) << rate / 1000 << "k tok/s  " << std::setprecision(0)
            << step_seconds * 1000 << " ms/iter  ETA " << format_duration(eta);
     if (terminal) {
       const int filled = static_cast<int>(24.0 * static_cast<double>(iteration + 1) / static_cast<double>(options.max_iters));

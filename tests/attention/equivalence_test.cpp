@@ -163,3 +163,16 @@ TEST_CASE("Causal alignments attend like hand-built allow masks when Lq != Lk", 
           for (Index d = 0; d < 3; ++d) CHECK(typed.out[static_cast<std::size_t>((h * Lq + i) * 3 + d)] == 0.0);
   }
 }
+
+TEST_CASE("an or with none keeps every edge but still adds the other side's bias", "[attention][equivalence]") {
+  veil::Generator generator(11);
+  const auto q = veil::randn<double>({1, 2, 5, 4}, generator), k = veil::randn<double>({1, 2, 6, 4}, generator),
+             v = veil::randn<double>({1, 2, 6, 3}, generator);
+  const auto bias = veil::randn<double>({5, 6}, generator);
+  const auto with_bias = veil::mask::additive(bias) | veil::mask::none();
+  const auto expected = veil::scaled_dot_product_attention(q, k, v, veil::mask::additive(bias)).to_vector();
+  const auto got = veil::scaled_dot_product_attention(q, k, v, with_bias).to_vector();
+  REQUIRE(got.size() == expected.size());
+  for (std::size_t e = 0; e < got.size(); ++e) CHECK(got[e] == Approx(expected[e]).margin(1e-12));
+  CHECK((veil::mask::causal() | veil::mask::none()).is_none());
+}

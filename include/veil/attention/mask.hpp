@@ -209,8 +209,23 @@ inline Mask operator&(const Mask& a, const Mask& b) {
   return Mask(spec::And{std::make_shared<const Mask>(a), std::make_shared<const Mask>(b)});
 }
 
+namespace detail {
+inline bool has_additive(const Mask& mask) {
+  return std::visit(
+      [](const auto& s) {
+        using S = std::decay_t<decltype(s)>;
+        if constexpr (std::is_same_v<S, spec::Additive>) return true;
+        else if constexpr (std::is_same_v<S, spec::And> || std::is_same_v<S, spec::Or>)
+          return has_additive(*s.a) || has_additive(*s.b);
+        else return false;
+      },
+      mask.spec());
+}
+}  // namespace detail
+
 inline Mask operator|(const Mask& a, const Mask& b) {
-  if (a.is_none() || b.is_none()) return none();
+  // `none() | m` keeps every edge, but m's additive terms still add to the scores.
+  if ((a.is_none() && !detail::has_additive(b)) || (b.is_none() && !detail::has_additive(a))) return none();
   return Mask(spec::Or{std::make_shared<const Mask>(a), std::make_shared<const Mask>(b)});
 }
 

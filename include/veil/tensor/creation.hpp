@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "veil/core/parallel.hpp"
+#include "veil/detail/strided_loop.hpp"
 #include "veil/tensor/random.hpp"
 #include "veil/tensor/tensor.hpp"
 
@@ -29,7 +30,13 @@ Tensor<T> copy_contiguous(const Tensor<T>& t) {
     return out;
   }
   const T* base = t.storage()->data();
-  for_each_offset(t, [&](Index linear, Index position) { dst[linear] = base[position]; });
+  for_each_row<2>(t.shape(), {out.strides(), t.strides()}, {0, t.offset()}, elementwise_grain,
+                  [&](const std::array<Index, 2>& at, Index count, const std::array<Index, 2>& step) {
+                    const T* from = base + at[1];
+                    T* to = dst + at[0];
+                    if (step[1] == 1) std::copy(from, from + count, to);
+                    else for (Index i = 0; i < count; ++i) to[i] = from[i * step[1]];
+                  });
   return out;
 }
 

@@ -124,6 +124,14 @@ ConstMatrixMap<T> unread_rows_zeroed(const Operand<T>& x, Index b, Index h, Inde
   return ConstMatrixMap<T>(scratch.data(), count, width, Eigen::OuterStride<>(width));
 }
 
+/// P = 0 exactly on cut edges. Eigen's vectorised exp clamps its argument, so exp(-inf) is ~3e-39
+/// in float, not 0: without this, 1e30 in a cut value would leak and cut keys would get dK, dV ≠ 0.
+/// (Eigen 3.4's select() is not vectorised, hence exp first and this byte-mask pass after.)
+template <class T>
+void zero_cut_edges(T* row, const std::uint8_t* keep, Index count) {
+  for (Index c = 0; c < count; ++c) row[c] = keep[c] ? row[c] : T(0);
+}
+
 /// Narrows a partial tile's keys [k0, k0 + cols) to the columns some row keeps.
 template <class T>
 void trim_keys(const mask::Bound<T>& mask, Index b, Index h, Index q0, Index rows, Index& k0, Index& cols) {
@@ -209,9 +217,8 @@ void attention_forward(const Operand<T>& query, const Operand<T>& key, const Ope
           continue;
         }
         const T correction = std::exp(row_max[r] - new_max);  // exp(-inf) = 0 on the first kept tile
-        // Eigen's vectorised exp clamps its argument, so exp(-inf) is ~3e-39 (float), not 0:
-        // select cut edges to exact 0 so they cannot leak (1e30 values, nonzero dK/dV).
-        row = (row == minus_infinity).select(T(0), (row - new_max).exp());
+        row = (row - new_max).exp();
+        if (kind == TileKind::partial) zero_cut_edges(row.data(), keep.data() + r * tile_k, cols);
         row_sum[r] = row_sum[r] * correction + row.sum();
         row_max[r] = new_max;
         if (correction != T(1)) accumulator.row(r) *= correction;
@@ -329,7 +336,8 @@ void attention_backward(const Operand<T>& query, const Operand<T>& key, const Op
           for (Index r = 0; r < rows; ++r) {
             const T lse = logsumexp[bh * s.query_length + q0 + r];
             RowArrayMap<T> row(scores.data() + r * tile_k, key_count);
-            row = (row == minus_infinity).select(T(0), (row - (lse == minus_infinity ? T(0) : lse)).exp());
+            row = (row - (lse == minus_infinity ? T(0) : lse)).exp();
+            if (kind == TileKind::partial) zero_cut_edges(row.data(), keep.data() + r * tile_k, key_count);
           }
           const ConstMatrixMap<T> p(scores.data(), rows, key_count, Eigen::OuterStride<>(tile_k));
           const auto grad_out_tile = tile_of(grad_out, b, h, q0, rows, Dv);

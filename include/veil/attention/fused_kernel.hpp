@@ -132,23 +132,83 @@ void zero_cut_edges(T* row, const std::uint8_t* keep, Index count) {
   for (Index c = 0; c < count; ++c) row[c] = keep[c] ? row[c] : T(0);
 }
 
-/// Narrows a partial tile's keys [k0, k0 + cols) to the columns some row keeps.
+/// The mask of one (b, h) as the kernel asks it. Interval masks (causal, windows, padding,
+/// documents and their &) answer from per-row [lo, hi) computed once per head, with no virtual
+/// call per row and tile; other masks forward to the bound mask.
 template <class T>
-void trim_keys(const mask::Bound<T>& mask, Index b, Index h, Index q0, Index rows, Index& k0, Index& cols) {
-  Index key_begin, key_end;
-  mask.trim(b, h, q0, q0 + rows, k0, k0 + cols, key_begin, key_end);
-  k0 = key_begin;
-  cols = key_end - key_begin;
-}
+class HeadMask {
+ public:
+  HeadMask(const mask::Bound<T>& mask, Index b, Index h, Index q_begin, Index q_end)
+      : mask_(&mask), b_(b), h_(h), q_begin_(q_begin), interval_(mask.is_interval()) {
+    if (!interval_) return;
+    lo_.resize(static_cast<std::size_t>(q_end - q_begin)), hi_.resize(lo_.size());
+    for (Index i = q_begin; i < q_end; ++i) mask.row_interval(b, h, i, lo_[i - q_begin], hi_[i - q_begin]);
+  }
+
+  TileKind classify(Index q0, Index rows, Index k0, Index cols) const {
+    if (!interval_) return mask_->classify(b_, h_, q0, q0 + rows, k0, k0 + cols);
+    bool all_full = true, any_kept = false;
+    for (Index r = q0 - q_begin_; r < q0 - q_begin_ + rows; ++r) {
+      all_full = all_full && lo_[r] <= k0 && hi_[r] >= k0 + cols;
+      any_kept = any_kept || std::max(lo_[r], k0) < std::min(hi_[r], k0 + cols);
+    }
+    return all_full ? TileKind::full : any_kept ? TileKind::partial : TileKind::empty;
+  }
+
+  /// Narrows keys [k0, k0 + cols) to the columns some row of the tile keeps (interval masks:
+  /// the diagonal tile of a causal mask needs only its lower part).
+  void trim(Index q0, Index rows, Index& k0, Index& cols) const {
+    if (!interval_) return;
+    Index begin = k0 + cols, end = k0;
+    for (Index r = q0 - q_begin_; r < q0 - q_begin_ + rows; ++r) {
+      const Index lo = std::max(lo_[r], k0), hi = std::min(hi_[r], k0 + cols);
+      if (lo < hi) begin = std::min(begin, lo), end = std::max(end, hi);
+    }
+    if (begin >= end) begin = end = k0;
+    k0 = begin, cols = end - begin;
+  }
+
+  void fill(Index q0, Index rows, Index k0, Index cols, std::uint8_t* keep, Index ld) const {
+    if (!interval_) return mask_->fill(b_, h_, q0, q0 + rows, k0, k0 + cols, keep, ld);
+    for (Index r = 0; r < rows; ++r) {
+      std::uint8_t* row = keep + r * ld;
+      const Index begin = std::clamp(lo_[q0 - q_begin_ + r], k0, k0 + cols) - k0;
+      const Index end = std::clamp(hi_[q0 - q_begin_ + r], k0, k0 + cols) - k0;
+      std::fill(row, row + cols, std::uint8_t{0});
+      if (begin < end) std::fill(row + begin, row + end, std::uint8_t{1});
+    }
+  }
+
+  bool is_interval() const { return interval_; }
+  bool classifies_exactly() const { return mask_->classifies_exactly(); }
+  bool has_bias() const { return mask_->has_bias(); }
+  void add_bias(Index q0, Index rows, Index k0, Index cols, T* scores, Index ld) const {
+    mask_->add_bias(b_, h_, q0, q0 + rows, k0, k0 + cols, scores, ld);
+  }
+
+ private:
+  const mask::Bound<T>* mask_;
+  Index b_, h_, q_begin_;
+  bool interval_;
+  std::vector<Index> lo_, hi_;
+};
 
 /// scores (rows × cols, leading dimension ld) for one tile: S = Qs Kᵀ (+ bias); masked -> -inf.
 /// Returns the tile kind after looking at the keep bytes (a partial tile may turn out empty).
 template <class T>
-TileKind tile_scores(const mask::Bound<T>& mask, TileKind kind, const ConstMatrixMap<T>& scaled_query,
-                     const Operand<T>& key, Index b, Index h, Index kv_head, Index q0, Index k0, Index rows, Index cols,
+TileKind tile_scores(const HeadMask<T>& mask, TileKind kind, const ConstMatrixMap<T>& scaled_query,
+                     const Operand<T>& key, Index b, Index kv_head, Index q0, Index k0, Index rows, Index cols,
                      T* scores, std::uint8_t* keep, Index ld) {
-  if (kind == TileKind::partial) {
-    mask.fill(b, h, q0, q0 + rows, k0, k0 + cols, keep, ld);
+  if (kind == TileKind::partial && mask.is_interval()) {
+    // Exact for interval masks, and cheap (one interval per row): after trimming, key-padding
+    // tiles usually turn out full and skip every per-element step below.
+    kind = cols == 0 ? TileKind::empty : mask.classify(q0, rows, k0, cols);
+    if (kind == TileKind::empty) return kind;
+    if (kind == TileKind::partial) mask.fill(q0, rows, k0, cols, keep, ld);
+  } else if (kind == TileKind::partial) {
+    mask.fill(q0, rows, k0, cols, keep, ld);
+  }
+  if (kind == TileKind::partial && !mask.classifies_exactly()) {
     Index kept = 0;
     for (Index r = 0; r < rows; ++r)
       for (Index c = 0; c < cols; ++c) kept += keep[r * ld + c];
@@ -157,7 +217,7 @@ TileKind tile_scores(const mask::Bound<T>& mask, TileKind kind, const ConstMatri
   }
   MatrixMap<T> s(scores, rows, cols, Eigen::OuterStride<>(ld));
   s.noalias() = scaled_query * tile_of(key, b, kv_head, k0, cols, scaled_query.cols()).transpose();
-  if (mask.has_bias()) mask.add_bias(b, h, q0, q0 + rows, k0, k0 + cols, scores, ld);
+  if (mask.has_bias()) mask.add_bias(q0, rows, k0, cols, scores, ld);
   if (kind == TileKind::partial) {
     constexpr T minus_infinity = -std::numeric_limits<T>::infinity();
     for (Index r = 0; r < rows; ++r) {
@@ -188,6 +248,7 @@ void attention_forward(const Operand<T>& query, const Operand<T>& key, const Ope
     const Index qt = item % tiles_q, bh = item / tiles_q;
     const Index b = bh / s.heads, h = bh % s.heads, kv_head = h / s.group();
     const Index q0 = qt * tile_q, rows = std::min(tile_q, s.query_length - q0);
+    const HeadMask<T> head_mask(mask, b, h, q0, q0 + rows);
 
     Scratch<T> scaled_query_buffer(static_cast<std::size_t>(rows * D));
     Scratch<T> scores(static_cast<std::size_t>(rows * tile_k)), dropped;
@@ -202,10 +263,11 @@ void attention_forward(const Operand<T>& query, const Operand<T>& key, const Ope
 
     for (Index kt = 0; kt < tiles_k; ++kt) {
       Index k0 = kt * tile_k, cols = std::min(tile_k, s.key_length - k0);
-      TileKind kind = mask.classify(b, h, q0, q0 + rows, k0, k0 + cols);
+      TileKind kind = head_mask.classify(q0, rows, k0, cols);
       if (kind == TileKind::empty) continue;
-      if (kind == TileKind::partial) trim_keys(mask, b, h, q0, rows, k0, cols);
-      kind = tile_scores(mask, kind, scaled_query, key, b, h, kv_head, q0, k0, rows, cols, scores.data(), keep.data(), tile_k);
+      if (kind == TileKind::partial) head_mask.trim(q0, rows, k0, cols);
+      kind = tile_scores(head_mask, kind, scaled_query, key, b, kv_head, q0, k0, rows, cols, scores.data(), keep.data(),
+                         tile_k);
       if (kind == TileKind::empty) continue;
 
       for (Index r = 0; r < rows; ++r) {
@@ -307,6 +369,8 @@ void attention_backward(const Operand<T>& query, const Operand<T>& key, const Op
     Scratch<T> scaled_query_buffer(static_cast<std::size_t>(tile_q * D));
     if (config.dropout > 0) dropped.resize(scores.size()), dropout_keep.resize(scores.size());
     RowMatrix<T> dk_tile(tile_k, D), dv_tile(tile_k, Dv);
+    std::vector<HeadMask<T>> head_masks;
+    for (Index g = 0; g < G; ++g) head_masks.emplace_back(mask, b, kv_head * G + g, 0, s.query_length);
 
     for (Index kt = partition; kt < tiles_k; kt += partitions) {
       const Index k0 = kt * tile_k, cols = std::min(tile_k, s.key_length - k0);
@@ -319,15 +383,16 @@ void attention_backward(const Operand<T>& query, const Operand<T>& key, const Op
         const Index h = kv_head * G + g, bh = b * s.heads + h;
         for (Index qt = 0; qt < tiles_q; ++qt) {
           const Index q0 = qt * tile_q, rows = std::min(tile_q, s.query_length - q0);
-          TileKind kind = mask.classify(b, h, q0, q0 + rows, k0, k0 + cols);
+          const HeadMask<T>& head_mask = head_masks[static_cast<std::size_t>(g)];
+          TileKind kind = head_mask.classify(q0, rows, k0, cols);
           if (kind == TileKind::empty) continue;
           Index key_begin = k0, key_count = cols;  // this query tile's part of the key tile
-          if (kind == TileKind::partial) trim_keys(mask, b, h, q0, rows, key_begin, key_count);
+          if (kind == TileKind::partial) head_mask.trim(q0, rows, key_begin, key_count);
           const Index offset = key_begin - k0;
           MatrixMap<T>(scaled_query_buffer.data(), rows, D, Eigen::OuterStride<>(D)) =
               tile_of(query, b, h, q0, rows, D) * scale;
           const ConstMatrixMap<T> scaled_query(scaled_query_buffer.data(), rows, D, Eigen::OuterStride<>(D));
-          kind = tile_scores(mask, kind, scaled_query, key, b, h, kv_head, q0, key_begin, rows, key_count, scores.data(),
+          kind = tile_scores(head_mask, kind, scaled_query, key, b, kv_head, q0, key_begin, rows, key_count, scores.data(),
                              keep.data(), tile_k);
           if (kind == TileKind::empty) continue;
 

@@ -243,12 +243,10 @@ class Bound {
   virtual bool has_bias() const { return false; }
   /// scores[r * ld + c] += bias of edge (q0 + r, k0 + c). Values on cut edges are irrelevant.
   virtual void add_bias(Index, Index, Index, Index, Index, Index, T*, Index) const {}
-  /// Narrows keys [k0, k1) of a partial tile to [key_begin, key_end), outside of which no row of
-  /// the tile keeps anything (the diagonal tile of a causal mask needs only its lower part).
-  virtual void trim(Index, Index, Index, Index, Index k0, Index k1, Index& key_begin, Index& key_end) const {
-    key_begin = k0, key_end = k1;
-  }
-  /// The interval [lo, hi) of keys row i keeps, when this mask keeps one interval per row.
+  /// True when classify() never answers `partial` for a tile that is in fact empty or full (the
+  /// kernel then need not count the keep bytes of partial tiles).
+  virtual bool classifies_exactly() const { return true; }
+    /// The interval [lo, hi) of keys row i keeps, when this mask keeps one interval per row.
   virtual bool is_interval() const { return false; }
   virtual void row_interval(Index, Index, Index, Index& lo, Index& hi) const { lo = 0, hi = 0; }
 };
@@ -280,17 +278,6 @@ class IntervalMask : public Bound<T> {
       any_kept = any_kept || std::max(lo, k0) < std::min(hi, k1);
     }
     return all_full ? TileKind::full : any_kept ? TileKind::partial : TileKind::empty;
-  }
-  void trim(Index b, Index h, Index q0, Index q1, Index k0, Index k1, Index& key_begin, Index& key_end) const override {
-    key_begin = k1, key_end = k0;
-    for (Index i = q0; i < q1; ++i) {
-      Index lo, hi;
-      this->row_interval(b, h, i, lo, hi);
-      if (std::max(lo, k0) >= std::min(hi, k1)) continue;
-      key_begin = std::min(key_begin, std::max(lo, k0));
-      key_end = std::max(key_end, std::min(hi, k1));
-    }
-    if (key_begin >= key_end) key_begin = key_end = k0;
   }
   void fill(Index b, Index h, Index q0, Index q1, Index k0, Index k1, std::uint8_t* keep, Index ld) const override {
     for (Index i = q0; i < q1; ++i) {
@@ -489,6 +476,7 @@ class BoundCustom final : public Bound<T> {
   TileKind classify(Index b, Index h, Index q0, Index q1, Index k0, Index k1) const override {
     return custom_.classify ? custom_.classify(b, h, q0, q1, k0, k1) : TileKind::partial;
   }
+  bool classifies_exactly() const override { return false; }  // a user classifier may be conservative
   void fill(Index b, Index h, Index q0, Index q1, Index k0, Index k1, std::uint8_t* keep, Index ld) const override {
     for (Index i = q0; i < q1; ++i)
       for (Index j = k0; j < k1; ++j) keep[(i - q0) * ld + (j - k0)] = custom_.keep(b, h, i, j) ? 1 : 0;
@@ -522,6 +510,7 @@ class BoundCombination final : public Bound<T> {
       }
   }
   bool has_bias() const override { return a_->has_bias() || b_->has_bias(); }
+  bool classifies_exactly() const override { return false; }  // two partial tiles may combine to empty or full
   void add_bias(Index b, Index h, Index q0, Index q1, Index k0, Index k1, T* scores, Index ld) const override {
     if (a_->has_bias()) a_->add_bias(b, h, q0, q1, k0, k1, scores, ld);
     if (b_->has_bias()) b_->add_bias(b, h, q0, q1, k0, k1, scores, ld);

@@ -68,6 +68,23 @@ Tensor<U> map_binary(const Tensor<T>& a, const Tensor<T>& b, F f, const char* op
 template <class T>
 Tensor<T> sum_to(const Tensor<T>& grad, const Shape& shape) {
   if (grad.shape() == shape) return grad;
+  // Common case (bias gradients): every leading dimension summed, the trailing ones kept. Split
+  // over output columns, each summed over the rows in order: parallel and thread-independent.
+  const Index rows = grad.numel() / std::max<Index>(numel_of(shape), 1);
+  bool leading_only = grad.is_contiguous() && grad.numel() > 0;
+  const std::size_t lead = grad.shape().size() - shape.size();
+  for (std::size_t d = 0; leading_only && d < shape.size(); ++d) leading_only = shape[d] == grad.shape()[lead + d];
+  if (leading_only) {
+    Tensor<T> out = zeros<T>(shape);
+    const Index columns = out.numel();
+    const T* src = grad.data();
+    T* dst = out.data();
+    parallel_for(0, columns, std::max<Index>(16, elementwise_grain / std::max<Index>(rows, 1)), [&](Index first, Index last) {
+      for (Index row = 0; row < rows; ++row)
+        for (Index c = first; c < last; ++c) dst[c] += src[row * columns + c];
+    });
+    return out;
+  }
   Tensor<T> out = zeros<T>(shape);
   T* dst = out.data();
   const T* src = grad.storage()->data();

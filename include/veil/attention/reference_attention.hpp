@@ -83,7 +83,7 @@ AttentionResult<T> reference_attention(const Tensor<T>& q, const Tensor<T>& k, c
   }
   Tensor<T> out = matmul(probabilities, values);
   if (options.fully_masked_rows == FullyMaskedRows::throw_error) detail::check_fully_masked_rows(logsumexp, s);
-  return {out, logsumexp};
+  return {out, logsumexp, probabilities};
 }
 
 }  // namespace veil::attention

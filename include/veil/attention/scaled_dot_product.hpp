@@ -20,6 +20,7 @@ template <class T>
 struct AttentionResult {
   Tensor<T> output;     // [B, H, Lq, Dv]
   Tensor<T> logsumexp;  // [B, H, Lq]; -inf on fully masked rows; not differentiable
+  Tensor<T> probabilities;  // [B, H, Lq, Lk] after dropout, differentiable; the reference path only
 };
 
 namespace detail {
@@ -112,7 +113,7 @@ AttentionResult<T> scaled_dot_product_attention_with_logsumexp(const Tensor<T>& 
           grads.push_back(node.needs_input_grad(3 + b) ? veil::detail::sum_to(grad_logits, bias_shapes[b]) : Tensor<T>());
         return grads;
       });
-  return {out, logsumexp};
+  return {out, logsumexp, {}};
 }
 
 }  // namespace veil::attention

@@ -147,48 +147,15 @@ Tensor<T> split_heads(const Tensor<T>& x, Index heads) {
   return permute(reshape(x, {x.size(0), x.size(1), heads, x.size(2) / heads}), {0, 2, 1, 3});
 }
 
-/// Attention with its probabilities materialised: the reference path's semantics (cut edges
-/// selected to -inf, keys no query keeps zeroed, dead rows 0), with the probabilities kept as a
-/// differentiable [B, H, Lq, Lk] tensor. O(B·H·Lq·Lk) memory: only for need-weights calls.
-/// Dropout uses the fused kernel's per-edge keep test, so a seed means the same mask in both.
+/// Attention with its probabilities materialised, through the reference path (the same
+/// semantics as the fused op; O(B·H·Lq·Lk) memory: only for need-weights calls). Dropout uses the
+/// fused kernel's per-edge keep test, so a seed means the same mask in both.
 template <class T>
 std::pair<Tensor<T>, Tensor<T>> attention_with_probabilities(const Tensor<T>& q, const Tensor<T>& k,
                                                              const Tensor<T>& v, const mask::Mask& mask,
                                                              const attention::AttentionOptions& options) {
-  const attention::AttentionShape s = attention::detail::check_inputs(q, k, v, options);
-  const T scale = static_cast<T>(attention::detail::scale_of<T>(s, options));
-  constexpr T minus_infinity = -std::numeric_limits<T>::infinity();
-  const Index B = s.batch, H = s.heads, Lq = s.query_length, Lk = s.key_length;
-
-  const Tensor<bool> keep = mask::materialize<T>(mask, B, H, Lq, Lk);
-  Tensor<bool> row_alive = zeros<bool>({B, H, Lq, 1}), key_used = zeros<bool>({B, H, Lk, 1});
-  for (Index bh = 0; bh < B * H; ++bh)
-    for (Index i = 0; i < Lq; ++i)
-      for (Index j = 0; j < Lk; ++j)
-        if (keep.data()[(bh * Lq + i) * Lk + j]) row_alive.data()[bh * Lq + i] = key_used.data()[bh * Lk + j] = true;
-
-  const Tensor<T> zero = zeros<T>({});
-  const Tensor<T> keys = where(key_used, attention::detail::repeat_kv_heads(k, s.group()), zero);
-  const Tensor<T> values = where(key_used, attention::detail::repeat_kv_heads(v, s.group()), zero);
-  Tensor<T> scores = matmul(q, transpose(keys, -1, -2)) * scale;
-  std::vector<Tensor<T>> biases;
-  mask::collect_additive<T>(mask, biases);
-  for (const auto& bias : biases) scores = scores + bias;
-  scores = where(keep, scores, full<T>({}, minus_infinity));
-  Tensor<T> probabilities = where(row_alive, softmax(scores, -1), zero);
-  if (options.dropout > 0) {
-    const std::uint64_t seed = options.generator->next_bits();
-    const T keep_scale = static_cast<T>(1.0 / (1.0 - options.dropout));
-    Tensor<T> multiplier = Tensor<T>::empty({B, H, Lq, Lk});
-    for (Index b = 0; b < B; ++b)
-      for (Index h = 0; h < H; ++h)
-        for (Index i = 0; i < Lq; ++i)
-          for (Index j = 0; j < Lk; ++j)
-            multiplier.data()[((b * H + h) * Lq + i) * Lk + j] =
-                attention::detail::dropout_keeps(seed, options.dropout, s, b, h, i, j) ? keep_scale : T(0);
-    probabilities = probabilities * multiplier;
-  }
-  return {matmul(probabilities, values), probabilities};
+  auto result = attention::reference_attention(q, k, v, mask, options);
+  return {result.output, result.probabilities};
 }
 
 }  // namespace detail

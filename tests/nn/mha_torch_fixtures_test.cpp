@@ -16,6 +16,8 @@
 #include <veil/nn.hpp>
 
 #include <catch2/catch.hpp>
+
+#include "support/fixtures.hpp"
 #include <nlohmann/json.hpp>
 
 #include <cmath>
@@ -34,12 +36,7 @@ namespace mask = veil::mask;
 namespace {
 
 const json& fixtures() {
-  static const json loaded = [] {
-    const std::string path = VEIL_FIXTURE_DIR "/mha_fixtures.json";
-    std::ifstream in(path);
-    if (!in) throw std::runtime_error("cannot open " + path + "; regenerate it with make_mha_fixtures.py");
-    return json::parse(in);
-  }();
+  static const json loaded = veil_test::load_fixture("mha_fixtures");
   return loaded;
 }
 

@@ -3,6 +3,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "support/forward_backward.hpp"
+
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -14,7 +16,7 @@ using veil::Index;
 using veil::Shape;
 using veil::Tensor;
 using veil_test::MessageContains;
-using Fn = std::function<Tensor<double>(const std::vector<Tensor<double>>&)>;
+using Fn = veil_test::Function;
 
 namespace {
 
@@ -22,23 +24,9 @@ Tensor<double> counting(const Shape& shape) {
   return veil::arange<double>(static_cast<double>(veil::numel_of(shape))).reshape(shape);
 }
 
-struct Outcome {
-  std::vector<double> out;
-  std::vector<std::vector<double>> grads;
-};
+using veil_test::Outcome;
 
-/// fn on fresh leaves sharing the inputs' storage and geometry, then backward with a seeded
-/// random upstream gradient.
-Outcome run(const Fn& fn, const std::vector<Tensor<double>>& inputs) {
-  std::vector<Tensor<double>> leaves;
-  for (const auto& input : inputs) leaves.push_back(input.detach().set_requires_grad(true));
-  auto y = fn(leaves);
-  veil::Generator gen(99);
-  y.backward(veil::randn<double>(y.shape(), gen));
-  Outcome outcome{y.to_vector(), {}};
-  for (const auto& leaf : leaves) outcome.grads.push_back(leaf.grad().defined() ? leaf.grad().to_vector() : std::vector<double>{});
-  return outcome;
-}
+constexpr auto* run = &veil_test::run_forward_backward;
 
 /// Every shape op, each written over x: [4, 3] (and y: [4, 3] where it takes two tensors).
 struct OpCase {

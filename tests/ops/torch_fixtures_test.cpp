@@ -4,6 +4,8 @@
 #include <veil/ops.hpp>
 
 #include <catch2/catch.hpp>
+
+#include "support/fixtures.hpp"
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -22,12 +24,7 @@ using json = nlohmann::ordered_json;  // keeps the file's key order
 namespace {
 
 const json& fixtures() {
-  static const json loaded = [] {
-    const std::string path = VEIL_FIXTURE_DIR "/ops_fixtures.json";
-    std::ifstream in(path);
-    if (!in) throw std::runtime_error("cannot open " + path + "; regenerate it with make_ops_fixtures.py");
-    return json::parse(in);
-  }();
+  static const json loaded = veil_test::load_fixture("ops_fixtures");
   return loaded;
 }
 

@@ -6,6 +6,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "support/modules.hpp"
+
 #include <cmath>
 #include <string>
 #include <vector>
@@ -20,28 +22,16 @@ namespace mask = veil::mask;
 
 namespace {
 
+using veil_test::max_difference;
+using veil_test::randomise;
+
 Tensor<double> randn_grad(const veil::Shape& shape, veil::Generator& generator) {
   Tensor<double> x = veil::randn<double>(shape, generator);
   x.set_requires_grad(true);
   return x;
 }
 
-template <class T>
-double max_difference(const Tensor<T>& a, const Tensor<T>& b) {
-  REQUIRE(a.shape() == b.shape());
-  const auto x = a.to_vector(), y = b.to_vector();
-  double worst = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(static_cast<double>(x[i]) - y[i]));
-  return worst;
-}
 
-/// Random biases (the constructor zeroes them, which would hide a bias mistake).
-template <class T>
-void randomise(nn::Module<T>& module, veil::Generator& generator) {
-  veil::NoGradGuard no_grad;
-  for (auto& [name, parameter] : module.named_parameters())
-    veil::detail::copy_into(parameter.detach(), veil::randn<T>(parameter.shape(), generator) * T(0.5));
-}
 
 /// The module's parameters as gradcheck inputs, and a function pointing the module at gradcheck's copies.
 struct BoundParameters {
@@ -90,7 +80,7 @@ TEST_CASE("MultiHeadAttention gradients of inputs and every parameter pass gradc
   veil::Generator generator(11);
   SECTION("packed self-attention with a causal mask") {
     nn::MultiHeadAttention<double> mha(nn::MultiHeadAttentionOptions{.embed_dim = 4, .num_heads = 2}, generator);
-    randomise(mha, generator);
+    randomise(mha, generator, 0.5);
     auto bound = parameters_of(mha);
     std::vector<Tensor<double>> inputs{randn_grad({2, 3, 4}, generator)};
     inputs.insert(inputs.end(), bound.tensors.begin(), bound.tensors.end());
@@ -106,7 +96,7 @@ TEST_CASE("MultiHeadAttention gradients of inputs and every parameter pass gradc
   SECTION("grouped-query cross-attention with kdim and vdim and key padding") {
     nn::MultiHeadAttention<double> mha(
         nn::MultiHeadAttentionOptions{.embed_dim = 4, .num_heads = 2, .num_kv_heads = 1, .kdim = 3, .vdim = 5}, generator);
-    randomise(mha, generator);
+    randomise(mha, generator, 0.5);
     auto bound = parameters_of(mha);
     std::vector<Tensor<double>> inputs{randn_grad({2, 2, 4}, generator), randn_grad({2, 3, 3}, generator),
                                        randn_grad({2, 3, 5}, generator)};
@@ -122,7 +112,7 @@ TEST_CASE("MultiHeadAttention gradients of inputs and every parameter pass gradc
   }
   SECTION("need-weights path with per-head weights and a differentiable additive mask") {
     nn::MultiHeadAttention<double> mha(nn::MultiHeadAttentionOptions{.embed_dim = 4, .num_heads = 2}, generator);
-    randomise(mha, generator);
+    randomise(mha, generator, 0.5);
     auto bound = parameters_of(mha);
     std::vector<Tensor<double>> inputs{randn_grad({1, 3, 4}, generator), randn_grad({3, 3}, generator)};
     inputs.insert(inputs.end(), bound.tensors.begin(), bound.tensors.end());
@@ -144,7 +134,7 @@ TEST_CASE("grouped-query attention equals full attention with each key and value
   const Index E = 8, H = 4, Hkv = 2, D = 2;
   nn::MultiHeadAttention<double> grouped(nn::MultiHeadAttentionOptions{.embed_dim = E, .num_heads = H, .num_kv_heads = Hkv}, generator);
   nn::MultiHeadAttention<double> full(nn::MultiHeadAttentionOptions{.embed_dim = E, .num_heads = H}, generator);
-  randomise(grouped, generator);
+  randomise(grouped, generator, 0.5);
   {
     // full's in_proj rows: q as is; k and v heads g repeated for the H / Hkv query heads they serve.
     veil::NoGradGuard no_grad;
@@ -169,7 +159,7 @@ TEST_CASE("incremental decoding with a KV cache over 20 steps equals the full ca
   const Index B = 2, L = 20, E = 16;
   for (Index kv_heads : {4, 2}) {
     nn::MultiHeadAttention<double> mha(nn::MultiHeadAttentionOptions{.embed_dim = E, .num_heads = 4, .num_kv_heads = kv_heads}, generator);
-    randomise(mha, generator);
+    randomise(mha, generator, 0.5);
     const Tensor<double> x = veil::randn<double>({B, L, E}, generator);
     const Tensor<double> full = mha(x, mask::causal());
     veil::NoGradGuard no_grad;
@@ -209,7 +199,7 @@ TEST_CASE("a cached step is differentiable in its own query key and value", "[nn
 TEST_CASE("forward_with_weights returns the plain forward output and probabilities that sum to one over kept keys", "[nn][mha]") {
   veil::Generator generator(15);
   nn::MultiHeadAttention<double> mha(nn::MultiHeadAttentionOptions{.embed_dim = 8, .num_heads = 2}, generator);
-  randomise(mha, generator);
+  randomise(mha, generator, 0.5);
   const Tensor<double> x = veil::randn<double>({2, 5, 8}, generator);
   const mask::Mask m = mask::causal() & mask::key_padding({5, 3});
   const auto per_head = mha.forward_with_weights(x, m, nn::AttentionWeights::per_head);

@@ -5,6 +5,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "support/modules.hpp"
+
 #include <cmath>
 #include <string>
 #include <vector>
@@ -19,21 +21,10 @@ namespace mask = veil::mask;
 
 namespace {
 
-template <class T>
-double max_difference(const Tensor<T>& a, const Tensor<T>& b) {
-  REQUIRE(a.shape() == b.shape());
-  const auto x = a.to_vector(), y = b.to_vector();
-  double worst = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(static_cast<double>(x[i]) - y[i]));
-  return worst;
-}
+using veil_test::max_difference;
+using veil_test::randomise;
 
-template <class T>
-void randomise(nn::Module<T>& module, veil::Generator& generator) {
-  veil::NoGradGuard no_grad;
-  for (auto& [name, parameter] : module.named_parameters())
-    veil::detail::copy_into(parameter.detach(), veil::randn<T>(parameter.shape(), generator) * T(0.3));
-}
+
 
 }  // namespace
 
@@ -53,7 +44,7 @@ TEST_CASE("TransformerBlock load_state_dict round trip restores every parameter"
   veil::Generator a(1), b(2);
   nn::TransformerBlock source(nn::TransformerBlockOptions{.embed_dim = 8, .num_heads = 2, .generator = &a});
   nn::TransformerBlock target(nn::TransformerBlockOptions{.embed_dim = 8, .num_heads = 2, .generator = &b});
-  randomise(source, a);
+  randomise(source, a, 0.3);
   const Tensor<float> x = veil::randn<float>({2, 4, 8}, a);
   CHECK(max_difference(source(x), target(x)) > 1e-3);
   const Tensor<float> handle = target.attn->in_proj_weight;
@@ -72,7 +63,7 @@ TEST_CASE("TransformerBlock load_state_dict round trip restores every parameter"
 TEST_CASE("TransformerBlock with documents and causal equals running each document separately", "[nn][transformer_block]") {
   veil::Generator generator(3);
   nn::TransformerBlock<double> block(nn::TransformerBlockOptions{.embed_dim = 8, .num_heads = 2, .generator = &generator});
-  randomise(block, generator);
+  randomise(block, generator, 0.3);
   const std::vector<Index> lengths{3, 5, 1, 4};
   const Tensor<double> packed = veil::randn<double>({1, 13, 8}, generator);
   const Tensor<double> together = block(packed, mask::documents(lengths) & mask::causal());
@@ -88,7 +79,7 @@ TEST_CASE("TransformerBlock with documents and causal equals running each docume
 TEST_CASE("TransformerBlock as an encoder with key padding ignores the padded positions", "[nn][transformer_block]") {
   veil::Generator generator(4);
   nn::TransformerBlock<double> block(nn::TransformerBlockOptions{.embed_dim = 8, .num_heads = 4, .num_kv_heads = 2, .generator = &generator});
-  randomise(block, generator);
+  randomise(block, generator, 0.3);
   Tensor<double> x = veil::randn<double>({2, 6, 8}, generator);
   const mask::Mask padding = mask::key_padding({6, 4});
   const Tensor<double> before = block(x, padding);
@@ -104,7 +95,7 @@ TEST_CASE("TransformerBlock as an encoder with key padding ignores the padded po
 TEST_CASE("TransformerBlock decodes token by token with a KV cache like the full causal forward", "[nn][transformer_block][kv_cache]") {
   veil::Generator generator(5);
   nn::TransformerBlock<double> block(nn::TransformerBlockOptions{.embed_dim = 8, .num_heads = 2, .generator = &generator});
-  randomise(block, generator);
+  randomise(block, generator, 0.3);
   const Tensor<double> x = veil::randn<double>({2, 20, 8}, generator);
   const Tensor<double> full = block(x, mask::causal());
   veil::NoGradGuard no_grad;
@@ -131,7 +122,7 @@ TEST_CASE("TransformerBlock gradients pass gradcheck in double", "[nn][transform
   veil::Generator generator(7);
   nn::TransformerBlock<double> block(nn::TransformerBlockOptions{.embed_dim = 4, .num_heads = 2, .hidden_dim = 6,
                                                                  .gelu = veil::GeluApproximation::tanh, .generator = &generator});
-  randomise(block, generator);
+  randomise(block, generator, 0.3);
   std::vector<Tensor<double>*> handles{&block.ln1->weight, &block.ln1->bias, &block.attn->in_proj_weight,
                                        &block.attn->in_proj_bias, &block.attn->out_proj->weight, &block.attn->out_proj->bias,
                                        &block.ln2->weight, &block.ln2->bias};

@@ -18,6 +18,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include "median_reporter.hpp"
+
 #include <cmath>
 #include <iomanip>
 #include <iostream>
@@ -113,41 +115,21 @@ BENCHMARK(BM_MhaModule)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_MhaParts)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_MhaPartsPacked)->Unit(benchmark::kMillisecond)->UseRealTime();
 
-/// The console report, followed by module time / parts time.
-class RatioReporter : public benchmark::ConsoleReporter {
- public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& run : runs) {
-      if (run.error_occurred) continue;
-      const bool median = run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
-      const bool single = run.run_type == Run::RT_Iteration && run.repetitions == 1;
-      if (!median && !single) continue;
-      seconds_[run.run_name.function_name] = run.GetAdjustedRealTime() / benchmark::GetTimeUnitMultiplier(run.time_unit);
-      any_median_ = any_median_ || median;
+/// Module time / parts time.
+class RatioReporter : public MedianReporter {
+ protected:
+  void write_ratios(std::ostream& out) override {
+    if (!has("BM_MhaModule") || !has("BM_MhaParts")) return;
+    const double module = summary("BM_MhaModule").seconds, parts = summary("BM_MhaParts").seconds;
+    out << "  MultiHeadAttention fwd+bwd B=8 L=512 E=512 H=8 causal: " << module * 1e3
+        << " ms vs projections + fused attention alone " << parts * 1e3 << " ms: ratio " << module / parts
+        << " (target <= 1.25)\n";
+    if (has("BM_MhaPartsPacked")) {
+      const double packed = summary("BM_MhaPartsPacked").seconds;
+      out << "  the same against one packed q/k/v GEMM + out GEMM + fused attention " << packed * 1e3
+          << " ms: ratio " << module / packed << " (the module's glue)\n";
     }
   }
-
-  void Finalize() override {
-    std::ostream& out = GetOutputStream();
-    if (seconds_.count("BM_MhaModule") && seconds_.count("BM_MhaParts")) {
-      const double module = seconds_["BM_MhaModule"], parts = seconds_["BM_MhaParts"];
-      out << "\nratios (module / parts" << (any_median_ ? ", medians" : "") << ")\n" << std::fixed
-          << std::setprecision(2) << "  MultiHeadAttention fwd+bwd B=8 L=512 E=512 H=8 causal: " << module * 1e3
-          << " ms vs projections + fused attention alone " << parts * 1e3 << " ms: ratio " << module / parts
-          << " (target <= 1.25)\n";
-      if (seconds_.count("BM_MhaPartsPacked")) {
-        const double packed = seconds_["BM_MhaPartsPacked"];
-        out << "  the same against one packed q/k/v GEMM + out GEMM + fused attention " << packed * 1e3
-            << " ms: ratio " << module / packed << " (the module's glue)\n";
-      }
-    }
-    ConsoleReporter::Finalize();
-  }
-
- private:
-  std::map<std::string, double> seconds_;
-  bool any_median_ = false;
 };
 
 }  // namespace

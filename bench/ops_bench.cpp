@@ -13,6 +13,8 @@
 #include <Eigen/Core>
 #include <benchmark/benchmark.h>
 
+#include "median_reporter.hpp"
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -203,69 +205,37 @@ BENCHMARK(BM_Memcpy16MFreshOutput)->Unit(benchmark::kMillisecond)->UseRealTime()
 
 // ---- ratios ---------------------------------------------------------------------------------------
 
-/// The console report, followed by each target divided by its baseline.
-class RatioReporter : public benchmark::ConsoleReporter {
- public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& run : runs) {
-      if (run.error_occurred) continue;
-      const bool median = run.run_type == Run::RT_Aggregate && run.aggregate_name == "median";
-      const bool single = run.run_type == Run::RT_Iteration && run.repetitions == 1;
-      if (!median && !single) continue;
-      Summary& summary = summaries_[run.run_name.function_name];
-      summary.seconds = run.GetAdjustedRealTime() / benchmark::GetTimeUnitMultiplier(run.time_unit);
-      summary.median = median;
-      for (const auto& [name, counter] : run.counters) summary.counters[name] = counter.value;
-    }
-  }
-
-  void Finalize() override {
-    std::ostream& out = GetOutputStream();
-    out << "\nratios (target / baseline" << (any_median() ? ", medians" : "") << ")\n" << std::fixed
-        << std::setprecision(2);
+/// Each target divided by its baseline.
+class RatioReporter : public MedianReporter {
+ protected:
+  void write_ratios(std::ostream& out) override {
     if (has("BM_Matmul1024") && has("BM_EigenGemm1024")) {
-      const double veil_rate = summaries_["BM_Matmul1024"].counters["flops"];
-      const double eigen_rate = summaries_["BM_EigenGemm1024"].counters["flops"];
+      const double veil_rate = summary("BM_Matmul1024").counters["flops"];
+      const double eigen_rate = summary("BM_EigenGemm1024").counters["flops"];
       out << "  matmul 1024^3     " << veil_rate / 1e9 << " GFLOP/s vs Eigen GEMM " << eigen_rate / 1e9
           << " GFLOP/s: ratio " << veil_rate / eigen_rate << '\n';
     }
     if (has("BM_Add16M") && has("BM_Memcpy16M")) {
-      const double add = summaries_["BM_Add16M"].counters["bytes_per_second"];
-      const double copy = summaries_["BM_Memcpy16M"].counters["bytes_per_second"];
+      const double add = summary("BM_Add16M").counters["bytes_per_second"];
+      const double copy = summary("BM_Memcpy16M").counters["bytes_per_second"];
       out << "  add 16M floats    " << add / 1e9 << " GB/s vs memcpy " << copy / 1e9
           << " GB/s: bandwidth ratio " << add / copy << " (target >= 0.60)\n";
       if (has("BM_Memcpy16MFreshOutput")) {
-        const double fresh = summaries_["BM_Memcpy16MFreshOutput"].counters["bytes_per_second"];
+        const double fresh = summary("BM_Memcpy16MFreshOutput").counters["bytes_per_second"];
         out << "  memcpy into a fresh 64 MB buffer: " << fresh / 1e9 << " GB/s, ratio " << fresh / copy
             << " to memcpy into mapped pages\n";
       }
     }
     if (has("BM_AutogradChain")) {
-      const double per_op = summaries_["BM_AutogradChain"].counters["time_per_op"];
+      const double per_op = summary("BM_AutogradChain").counters["time_per_op"];
       out << "  autograd chain    " << per_op * 1e9 << " ns per op (forward + backward)";
       if (has("BM_ChainNoGrad")) {
-        const double plain = summaries_["BM_ChainNoGrad"].counters["time_per_op"];
+        const double plain = summary("BM_ChainNoGrad").counters["time_per_op"];
         out << " vs " << plain * 1e9 << " ns per op without recording: ratio " << per_op / plain;
       }
       out << '\n';
     }
-    ConsoleReporter::Finalize();
   }
-
- private:
-  struct Summary {
-    double seconds = 0;  // real time per iteration
-    bool median = false;
-    std::map<std::string, double> counters;
-  };
-  bool has(const std::string& name) const { return summaries_.count(name) != 0; }
-  bool any_median() const {
-    for (const auto& [name, summary] : summaries_)
-      if (summary.median) return true;
-    return false;
-  }
-  std::map<std::string, Summary> summaries_;
 };
 
 }  // namespace

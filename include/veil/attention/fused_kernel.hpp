@@ -199,21 +199,18 @@ template <class T>
 TileKind tile_scores(const HeadMask<T>& mask, TileKind kind, const ConstMatrixMap<T>& scaled_query,
                      const Operand<T>& key, Index b, Index kv_head, Index q0, Index k0, Index rows, Index cols,
                      T* scores, std::uint8_t* keep, Index ld) {
-  if (kind == TileKind::partial && mask.is_interval()) {
-    // Exact for interval masks, and cheap (one interval per row): after trimming, key-padding
-    // tiles usually turn out full and skip every per-element step below.
-    kind = cols == 0 ? TileKind::empty : mask.classify(q0, rows, k0, cols);
-    if (kind == TileKind::empty) return kind;
+  if (kind == TileKind::partial) {
+    // Trimmed tiles of interval masks are classified again, exactly and cheaply (one interval
+    // per row): key-padding tiles then usually turn out full and skip every per-element step.
+    if (mask.is_interval()) kind = cols == 0 ? TileKind::empty : mask.classify(q0, rows, k0, cols);
     if (kind == TileKind::partial) mask.fill(q0, rows, k0, cols, keep, ld);
-  } else if (kind == TileKind::partial) {
-    mask.fill(q0, rows, k0, cols, keep, ld);
-  }
-  if (kind == TileKind::partial && !mask.classifies_exactly()) {
-    Index kept = 0;
-    for (Index r = 0; r < rows; ++r)
-      for (Index c = 0; c < cols; ++c) kept += keep[r * ld + c];
-    if (kept == 0) return TileKind::empty;
-    if (kept == rows * cols) kind = TileKind::full;
+    if (kind == TileKind::partial && !mask.classifies_exactly()) {
+      Index kept = 0;
+      for (Index r = 0; r < rows; ++r)
+        for (Index c = 0; c < cols; ++c) kept += keep[r * ld + c];
+      kind = kept == 0 ? TileKind::empty : kept == rows * cols ? TileKind::full : TileKind::partial;
+    }
+    if (kind == TileKind::empty) return kind;
   }
   MatrixMap<T> s(scores, rows, cols, Eigen::OuterStride<>(ld));
   s.noalias() = scaled_query * tile_of(key, b, kv_head, k0, cols, scaled_query.cols()).transpose();

@@ -103,8 +103,13 @@ Tensor<T> matmul_forward(const Tensor<T>& a, const Tensor<T>& b) {
     lhs_batch.clear();
     items_shape.clear();
   }
-  const auto [left, left_layout] = as_mappable(lhs);
-  const auto [right, right_layout] = as_mappable(b);
+  // Plain variables, not structured bindings: the lambdas below use them, and clang before 16
+  // cannot capture a structured binding.
+  const auto left_mapped = as_mappable(lhs), right_mapped = as_mappable(b);
+  const Tensor<T>& left = left_mapped.first;
+  const Tensor<T>& right = right_mapped.first;
+  const MatrixLayout& left_layout = left_mapped.second;
+  const MatrixLayout& right_layout = right_mapped.second;
 
   const Shape left_strides = broadcast_strides(
       lhs_batch, Shape(left.strides().begin(), left.strides().end() - 2), items_shape);

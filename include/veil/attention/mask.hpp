@@ -396,9 +396,10 @@ DenseView<V> make_dense_view(const Tensor<V>& values, const Geometry& g, const c
   view.tiles_q = (g.query_length + g.tile_q - 1) / g.tile_q;
   view.tiles_k = (g.key_length + g.tile_k - 1) / g.tile_k;
   view.table.assign(static_cast<std::size_t>(view.table_b * view.table_h * view.tiles_q * view.tiles_k), TileKind::full);
-  // One pass over the distinct mask entries: count kept edges per tile.
+  // One pass over the distinct mask entries: count kept edges per tile. An empty mask has no
+  // entries, and no storage to point into (at() on it would offset a null pointer).
   std::vector<Index> kept(view.table.size(), 0);
-  for (Index b = 0; b < view.table_b; ++b)
+  for (Index b = 0; b < view.table_b && values.numel() > 0; ++b)
     for (Index h = 0; h < view.table_h; ++h)
       for (Index i = 0; i < g.query_length; ++i) {
         const V* row = view.at(b, h, i);

@@ -651,10 +651,15 @@ inline SafetensorsFile load_safetensors(const std::filesystem::path& path, LoadO
   VEIL_CHECK(std::filesystem::exists(status), IoError, context, ": cannot open: no such file");
   VEIL_CHECK(!error, IoError, context, ": cannot open: ", error.message());
   VEIL_CHECK(std::filesystem::is_regular_file(status), IoError, context, ": cannot open: not a regular file");
-  const std::uintmax_t file_size = std::filesystem::file_size(path, error);
-  VEIL_CHECK(!error, IoError, context, ": cannot read the file size: ", error.message());
   std::ifstream in(path, std::ios::binary);
   VEIL_CHECK(in.is_open(), IoError, context, ": cannot open for reading");
+  // The size is the opened file's, not the path's: a save renaming a new file over the path
+  // between a size query by name and the open would pair one file's size with the other's bytes.
+  in.seekg(0, std::ios::end);
+  const std::streamoff end = in.tellg();
+  in.seekg(0, std::ios::beg);
+  VEIL_CHECK(end >= 0 && in.good(), IoError, context, ": cannot read the file size");
+  const auto file_size = static_cast<std::uintmax_t>(end);
 
   VEIL_CHECK(file_size >= 8, IoError, context, ": the file is ", file_size,
              " bytes, too small for the 8-byte header length");

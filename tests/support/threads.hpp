@@ -1,0 +1,51 @@
+// Helpers for the [threads] tests: std::threads that start together, and a scoped intra-op thread
+// count. Catch2's assertion macros are not thread-safe, so thread bodies only record results and
+// the test asserts on them after join(); an exception escaping a body is rethrown there as well.
+#pragma once
+
+#include <atomic>
+#include <exception>
+#include <thread>
+#include <vector>
+
+#include <veil/core.hpp>
+
+namespace veil_test {
+
+/// Starts `count` threads that run body(t), t in [0, count), after all of them have been created
+/// (a spinning start barrier: the bodies overlap instead of running one after the other as each
+/// thread is spawned), joins them, then rethrows the exception of the lowest t that threw.
+template <class Body>
+void run_together(int count, Body body) {
+  std::atomic<int> ready{0};
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(count));
+  std::vector<std::thread> threads;
+  threads.reserve(static_cast<std::size_t>(count));
+  for (int t = 0; t < count; ++t)
+    threads.emplace_back([&, t] {
+      ++ready;
+      while (ready.load() < count) std::this_thread::yield();
+      try {
+        body(t);
+      } catch (...) {
+        errors[static_cast<std::size_t>(t)] = std::current_exception();
+      }
+    });
+  for (auto& thread : threads) thread.join();
+  for (const auto& error : errors)
+    if (error) std::rethrow_exception(error);
+}
+
+/// Sets the calling thread's veil thread count and restores it on scope exit.
+class ThreadCountScope {
+ public:
+  explicit ThreadCountScope(int count) { veil::set_num_threads(count); }
+  ThreadCountScope(const ThreadCountScope&) = delete;
+  ThreadCountScope& operator=(const ThreadCountScope&) = delete;
+  ~ThreadCountScope() { veil::set_num_threads(saved_); }
+
+ private:
+  int saved_ = veil::num_threads();
+};
+
+}  // namespace veil_test

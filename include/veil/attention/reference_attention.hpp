@@ -8,6 +8,7 @@
 // replaced by 0 before the products; rows with no kept key output 0 and get zero gradient.
 #pragma once
 
+#include <algorithm>
 #include <limits>
 
 #include "veil/attention/fused_kernel.hpp"
@@ -53,7 +54,19 @@ AttentionResult<T> reference_attention(const Tensor<T>& q, const Tensor<T>& k, c
   std::vector<Tensor<T>> biases;
   mask::collect_additive<T>(mask, biases);
   for (const auto& bias : biases) scores = scores + bias;
-  scores = where(keep, scores, full<T>({}, minus_infinity));
+  // An edge the mask keeps but whose biased score is -inf (an additive -inf entry under `|`) has
+  // weight exactly 0: cut it like a masked edge, so that a row left with no finite score is fully
+  // masked (output 0, zero gradient), as in the fused kernel, instead of 0/0 = NaN in softmax.
+  Tensor<bool> live = keep;
+  if (!biases.empty()) {
+    live = veil::detail::copy_contiguous(keep);
+    const Tensor<T> plain = scores.detach().contiguous();
+    for (Index e = 0; e < live.numel(); ++e)
+      if (live.data()[e] && plain.data()[e] == minus_infinity) live.data()[e] = false;
+    for (Index row = 0; row < B * H * Lq; ++row)
+      row_alive.data()[row] = std::any_of(live.data() + row * Lk, live.data() + (row + 1) * Lk, [](bool x) { return x; });
+  }
+  scores = where(live, scores, full<T>({}, minus_infinity));
 
   Tensor<T> logsumexp = Tensor<T>::empty({B, H, Lq});
   {

@@ -340,3 +340,29 @@ TEST_CASE("dividing by a constant divides exactly", "[ops][elementwise]") {
   auto y = x / 3.0f;
   CHECK(y.to_vector() == std::vector<float>{1.0f / 3.0f, 10.0f / 3.0f, 0.3f / 3.0f});
 }
+
+TEST_CASE("A 0-d tensor transposes and squeezes to itself, and refuses slice, narrow and size with a ShapeError",
+          "[ops][shape]") {
+  // Dims 0 and -1 name a 0-d tensor (PyTorch's rule); there is no extent behind them to read.
+  const auto x = veil::scalar<float>(2.5f).set_requires_grad(true);
+  for (Index d : {Index{0}, Index{-1}}) {
+    const auto t = veil::transpose(x, d, -1 - d);
+    REQUIRE(t.shape().empty());
+    REQUIRE(t.item() == 2.5f);
+    const auto s = veil::squeeze(x, d);
+    REQUIRE(s.shape().empty());
+    REQUIRE(s.item() == 2.5f);
+    REQUIRE_THROWS_AS(veil::slice(x, d, 0, 1), veil::ShapeError);
+    REQUIRE_THROWS_AS(veil::narrow(x, d, 0, 1), veil::ShapeError);
+    REQUIRE_THROWS_AS(x.size(d), veil::ShapeError);
+  }
+  veil::transpose(x, 0, 0).backward();
+  REQUIRE(x.grad().item() == 1.0f);
+}
+
+TEST_CASE("expand refuses a negative extent instead of broadcasting a 1 to it", "[ops][shape]") {
+  const auto x = veil::ones<float>({1, 1});
+  REQUIRE_THROWS_MATCHES(veil::expand(x, {-2, -2}), veil::ShapeError, MessageContains("extents must be >= 0, got [-2, -2]"));
+  REQUIRE_THROWS_AS(veil::expand(x, {3, -1}), veil::ShapeError);
+  REQUIRE(veil::expand(x, {2, 0, 3}).shape() == Shape{2, 0, 3});
+}

@@ -440,3 +440,18 @@ TEST_CASE("storage is 64-byte aligned for every element type and size", "[tensor
   CHECK(veil::Storage<float>(0).data() == nullptr);
   CHECK(veil::Storage<float>(5).size() == 5);
 }
+
+TEST_CASE("A tensor with no elements is contiguous, so view and contiguous accept a fresh empty tensor",
+          "[tensor][layout]") {
+  // empty() gives an extent-0 dimension stride 1, which a product of extents (0) would not expect.
+  const auto fresh = veil::zeros<float>({3, 0});
+  REQUIRE(fresh.is_contiguous());
+  REQUIRE(veil::view(fresh, {0, 3}).shape() == veil::Shape{0, 3});
+  const auto transposed = veil::transpose(veil::zeros<float>({0, 3}), 0, 1);
+  REQUIRE(transposed.is_contiguous());
+  REQUIRE(veil::contiguous(transposed).is_contiguous());
+  // A view into an empty storage at a non-zero offset: elementwise ops take the contiguous path.
+  const auto offset_view = veil::slice(veil::zeros<float>({10, 0}), 0, 3, 5);
+  REQUIRE(offset_view.offset() == 3);
+  REQUIRE((offset_view + offset_view).shape() == veil::Shape{2, 0});
+}

@@ -92,13 +92,15 @@ template <class T>
 Tensor<T> transpose(const Tensor<T>& x, Index dim0, Index dim1) {
   Shape order(static_cast<std::size_t>(x.dim()));
   std::iota(order.begin(), order.end(), Index{0});
-  std::swap(order[wrap_dim(dim0, x.dim(), "transpose dim0")], order[wrap_dim(dim1, x.dim(), "transpose dim1")]);
+  const Index d0 = wrap_dim(dim0, x.dim(), "transpose dim0"), d1 = wrap_dim(dim1, x.dim(), "transpose dim1");
+  if (x.dim() > 0) std::swap(order[d0], order[d1]);  // a 0-d tensor (dims 0 and -1) has nothing to swap
   return permute(x, order);
 }
 
 /// Elements start, start + step, ... < end along `dim` (a view). Bounds are clamped like Python slices.
 template <class T>
 Tensor<T> slice(const Tensor<T>& x, Index dim, Index start, Index end, Index step = 1) {
+  VEIL_CHECK(x.dim() > 0, ShapeError, "slice: a 0-d tensor has no dimension to slice (dim ", dim, ")");
   dim = wrap_dim(dim, x.dim(), "slice dim");
   VEIL_CHECK(step > 0, ValueError, "slice: step must be > 0, got ", step);
   const Index extent = x.shape()[dim];
@@ -129,6 +131,9 @@ Tensor<T> narrow(const Tensor<T>& x, Index dim, Index start, Index length) {
 /// x broadcast to `shape` without copying (stride 0 on the broadcast dimensions).
 template <class T>
 Tensor<T> expand(const Tensor<T>& x, const Shape& shape) {
+  // Checked first: broadcasting a 1 against a negative extent would otherwise "match" it.
+  for (Index extent : shape)
+    VEIL_CHECK(extent >= 0, ShapeError, "expand: extents must be >= 0, got ", to_string(shape));
   VEIL_CHECK(broadcast_shapes(x.shape(), shape, "expand") == shape, ShapeError, "expand: cannot expand ",
              to_string(x.shape()), " to ", to_string(shape));
   Tensor<T> out = Tensor<T>::view_of(x, shape, broadcast_strides(x.shape(), x.strides(), shape), x.offset());
@@ -157,6 +162,7 @@ Tensor<T> unsqueeze(const Tensor<T>& x, Index dim) {
 template <class T>
 Tensor<T> squeeze(const Tensor<T>& x, Index dim) {
   dim = wrap_dim(dim, x.dim(), "squeeze dim");
+  if (x.dim() == 0) return x;  // as in PyTorch: dims 0 and -1 name the 0-d tensor itself
   VEIL_CHECK(x.shape()[dim] == 1, ShapeError, "squeeze: dimension ", dim, " of shape ", to_string(x.shape()),
              " has extent ", x.shape()[dim], ", expected 1");
   Shape shape = x.shape(), strides = x.strides();

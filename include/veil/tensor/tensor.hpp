@@ -82,7 +82,10 @@ class Tensor {
   Index offset() const { return impl().offset; }
   Index dim() const { return static_cast<Index>(impl().shape.size()); }
   /// Extent of dimension d (negative counts from the end).
-  Index size(Index d) const { return impl().shape[static_cast<std::size_t>(wrap_dim(d, dim()))]; }
+  Index size(Index d) const {
+    VEIL_CHECK(dim() > 0, ShapeError, "size: a 0-d tensor has no dimension ", d, " (its shape is [])");
+    return impl().shape[static_cast<std::size_t>(wrap_dim(d, dim()))];
+  }
   Index numel() const {
     Index count = 1;
     for (Index extent : impl().shape) count *= extent;
@@ -90,6 +93,7 @@ class Tensor {
   }
 
   bool is_contiguous() const {
+    if (numel() == 0) return true;  // no element to be out of place (and empty() makes extent-0 strides 1)
     Index expected = 1;
     for (std::size_t d = impl().shape.size(); d-- > 0;) {
       if (impl().shape[d] == 1) continue;
@@ -100,7 +104,10 @@ class Tensor {
   }
 
   /// Pointer to the element at index 0 (storage + offset). Writes through it bypass autograd.
-  T* data() const { return impl().storage->data() + impl().offset; }
+  T* data() const {
+    T* base = impl().storage->data();
+    return base ? base + impl().offset : nullptr;  // no elements, no buffer: a view's offset has nothing to point into
+  }
   const std::shared_ptr<Storage<T>>& storage() const { return impl().storage; }
   /// True when both handles see the same storage.
   bool shares_storage_with(const Tensor& other) const { return impl().storage == other.impl().storage; }

@@ -2,33 +2,25 @@
 
 #include <catch2/catch.hpp>
 
+#include "support/threads.hpp"
+
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
+#include <optional>
 #include <thread>
 #include <vector>
 
 using veil::Index;
 using veil::Shape;
 using veil::Tensor;
+using veil_test::run_together;
 
 namespace {
 
 Tensor<double> leaf(const std::vector<double>& values, const Shape& shape = {}) {
   return veil::from_vector<double>(values, shape).set_requires_grad(true);
-}
-
-/// Starts `count` threads that run body(t) at (nearly) the same moment, and joins them.
-template <class Body>
-void run_together(int count, Body body) {
-  std::atomic<int> ready{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < count; ++t)
-    threads.emplace_back([&, t] {
-      ++ready;
-      while (ready.load() < count) std::this_thread::yield();
-      body(t);
-    });
-  for (auto& thread : threads) thread.join();
 }
 
 }  // namespace
@@ -173,7 +165,7 @@ TEST_CASE("NoGradGuard stops recording and restores the previous mode on scope e
 }
 
 TEST_CASE("NoGradGuard is per thread: another thread still records while this one holds a guard",
-          "[autograd][grad_mode]") {
+          "[autograd][grad_mode][threads]") {
   auto x = leaf({1.5, -2.0});
   veil::NoGradGuard no_grad;
   bool other_enabled = false, other_recorded = false;
@@ -190,6 +182,35 @@ TEST_CASE("NoGradGuard is per thread: another thread still records while this on
   CHECK(x.grad().to_vector() == std::vector<double>{3.0, -4.0});
   CHECK_FALSE(veil::is_grad_enabled());
   CHECK_FALSE((x * x).requires_grad());
+}
+
+TEST_CASE("NoGradGuard held by half of 10 concurrent threads stops recording in exactly those threads",
+          "[autograd][grad_mode][threads]") {
+  constexpr int threads = 10, steps = 50;
+  auto x = leaf({1.5, -2.0, 0.25});
+  // Per thread: steps recorded (ops that got a grad_fn) and grad mode seen after the guard ended.
+  std::vector<int> recorded(threads, -1);
+  std::vector<char> enabled_after(threads, 0);
+  run_together(threads, [&](int t) {
+    int count = 0;
+    {
+      std::optional<veil::NoGradGuard> guard;
+      if (t % 2 == 0) guard.emplace();
+      for (int step = 0; step < steps; ++step) {
+        auto y = x * x;
+        if (y.requires_grad() && y.grad_fn() != nullptr) ++count;
+        std::this_thread::yield();  // interleave the guarded and unguarded threads
+      }
+    }
+    recorded[static_cast<std::size_t>(t)] = count;
+    enabled_after[static_cast<std::size_t>(t)] = veil::is_grad_enabled() ? 1 : 0;
+  });
+  for (int t = 0; t < threads; ++t) {
+    INFO("thread " << t);
+    CHECK(recorded[static_cast<std::size_t>(t)] == (t % 2 == 0 ? 0 : steps));
+    CHECK(enabled_after[static_cast<std::size_t>(t)] == 1);
+  }
+  CHECK(veil::is_grad_enabled());
 }
 
 TEST_CASE("detach cuts history and shares storage", "[autograd][engine]") {
@@ -266,9 +287,9 @@ TEST_CASE("a chain of 200000 ops builds and backpropagates and is destroyed with
   }
 }
 
-TEST_CASE("8 threads doing independent forward and backward match the single-threaded result",
+TEST_CASE("10 threads doing independent forward and backward match the single-threaded result",
           "[autograd][threads]") {
-  constexpr int threads = 8;
+  constexpr int threads = 10;
   const auto compute = [](int t) {
     veil::Generator gen(static_cast<std::uint64_t>(100 + t));
     auto x = veil::randn<double>({4, 6}, gen).set_requires_grad(true);
@@ -291,10 +312,10 @@ TEST_CASE("8 threads doing independent forward and backward match the single-thr
   }
 }
 
-TEST_CASE("8 threads backpropagating into one shared leaf give exactly 8 times the single gradient",
+TEST_CASE("10 threads backpropagating into one shared leaf give exactly 10 times the single gradient",
           "[autograd][threads]") {
-  constexpr int threads = 8;
-  // Dyadic values: 2x + 1 and its multiples up to 8 are exact, so the sum order cannot matter.
+  constexpr int threads = 10;
+  // Dyadic values: 2x + 1 and its multiples up to 10 are exact, so the sum order cannot matter.
   auto x = leaf({0.5, -1.25, 3.0, 0.0, 7.75, -0.125});
   const auto step = [&x] {
     auto y = x * x + x;  // each thread builds its own graph and frees it (retain_graph = false)
@@ -303,14 +324,45 @@ TEST_CASE("8 threads backpropagating into one shared leaf give exactly 8 times t
   step();
   const auto single = x.grad().to_vector();
   CHECK(single == std::vector<double>{2.0, -1.5, 7.0, 1.0, 16.5, 0.75});
-  x.zero_grad();
   for (int round = 0; round < 5; ++round) {
     x.zero_grad();
     run_together(threads, [&](int) { step(); });
-    std::vector<double> eight;
-    for (double g : single) eight.push_back(8 * g);
+    std::vector<double> ten;
+    for (double g : single) ten.push_back(threads * g);
     INFO("round " << round);
-    CHECK(x.grad().to_vector() == eight);
+    CHECK(x.grad().to_vector() == ten);
+  }
+}
+
+TEST_CASE("10 threads multiplying by one shared float weight accumulate exactly 10 times its gradient",
+          "[autograd][threads]") {
+  // loss = Σ relu(x W) ∘ c with small integers in x, W and c: dL/dW = xᵀ (1[xW > 0] ∘ c) has
+  // integer entries far below 2^24 / 10, so every partial sum is exact in float whatever order
+  // the threads' accumulations land in. W has 64 × 96 entries: each accumulation is a loop long
+  // enough for a lost update to show.
+  constexpr int threads = 10;
+  veil::Generator gen(17);
+  const auto small_integers = [&gen](const Shape& shape) {
+    std::vector<float> values(static_cast<std::size_t>(veil::numel_of(shape)));
+    for (float& value : values) value = std::floor(static_cast<float>(gen.uniform()) * 7.0f) - 3.0f;  // -3 ... 3
+    return veil::from_vector<float>(values, shape);
+  };
+  auto weight = small_integers({64, 96}).set_requires_grad(true);
+  const auto x = small_integers({32, 64}), c = small_integers({32, 96});
+  const auto step = [&] {
+    const veil_test::ThreadCountScope one_thread(1);
+    veil::sum(veil::relu(veil::matmul(x, weight)) * c).backward();
+  };
+  step();
+  const auto single = weight.grad().to_vector();
+  REQUIRE(std::any_of(single.begin(), single.end(), [](float g) { return g != 0.0f; }));
+  for (int round = 0; round < 3; ++round) {
+    weight.zero_grad();
+    run_together(threads, [&](int) { step(); });
+    std::vector<float> expected;
+    for (float g : single) expected.push_back(threads * g);
+    INFO("round " << round);
+    CHECK(weight.grad().to_vector() == expected);
   }
 }
 

@@ -2,19 +2,19 @@
 
 #include <catch2/catch.hpp>
 
+#include <Eigen/Core>
+
+#include "support/threads.hpp"
+
 #include <atomic>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
-namespace {
+using veil_test::ThreadCountScope;
 
-/// Restores the thread count a test changed, so test order does not matter.
-struct ThreadCountScope {
-  int saved = veil::num_threads();
-  explicit ThreadCountScope(int count) { veil::set_num_threads(count); }
-  ~ThreadCountScope() { veil::set_num_threads(saved); }
-};
+namespace {
 
 struct CustomError : std::runtime_error {
   explicit CustomError(int code) : std::runtime_error("custom"), code(code) {}
@@ -171,4 +171,25 @@ TEST_CASE("set_num_threads and num_threads round trip and counts below 1 become 
   CHECK(veil::num_threads() == saved);
   CHECK(veil::thread_index() == 0);
   CHECK_FALSE(veil::in_parallel_region());
+}
+
+TEST_CASE("the thread count is per thread and Eigen's GEMM follows the calling thread's count",
+          "[core][parallel][threads]") {
+  constexpr int threads = 10;
+  const ThreadCountScope main_count(3);
+  // Per thread: the count read back after choosing t + 1, and Eigen's view of it.
+  std::vector<int> seen(threads, 0), eigen_seen(threads, 0);
+  veil_test::run_together(threads, [&](int t) {
+    veil::set_num_threads(t + 1);
+    std::this_thread::yield();  // let the other threads choose theirs in between
+    seen[static_cast<std::size_t>(t)] = veil::num_threads();
+    eigen_seen[static_cast<std::size_t>(t)] = Eigen::nbThreads();
+  });
+  for (int t = 0; t < threads; ++t) {
+    INFO("thread " << t);
+    CHECK(seen[static_cast<std::size_t>(t)] == t + 1);
+    CHECK(eigen_seen[static_cast<std::size_t>(t)] == t + 1);
+  }
+  CHECK(veil::num_threads() == 3);
+  CHECK(Eigen::nbThreads() == 3);
 }

@@ -6,8 +6,12 @@
 #include <catch2/catch.hpp>
 
 #include "support/modules.hpp"
+#include "support/threads.hpp"
 
+#include <bit>
 #include <cmath>
+#include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -23,6 +27,39 @@ namespace {
 
 using veil_test::max_difference;
 using veil_test::randomise;
+
+/// One training step of a model that belongs to `seed` alone: weights, input, targets and the
+/// dropout masks all come from its own Generator. Returns the bit patterns of the loss, the
+/// output, dLoss/dx and every parameter's gradient (in name order).
+std::vector<std::uint32_t> training_step(std::uint64_t seed) {
+  // One intra-op thread: every parallel loop is then serial, so a step performs exactly the same
+  // floating-point operations in the same order on whichever thread runs it, and any difference
+  // from the serial result can only come from state shared between threads.
+  const veil_test::ThreadCountScope one_thread(1);
+  constexpr Index B = 2, L = 70, E = 32;  // L: a full and a partial query tile of the fused kernel
+  veil::Generator generator(seed);
+  nn::TransformerBlock<float> block(nn::TransformerBlockOptions{
+      .embed_dim = E, .num_heads = 4, .num_kv_heads = 2, .dropout = 0.1, .attention_dropout = 0.1,
+      .generator = &generator});
+  randomise(block, generator, 0.2);
+  const Tensor<float> x = veil::randn<float>({B, L, E}, generator).set_requires_grad(true);
+  std::vector<std::int64_t> classes(static_cast<std::size_t>(B * L));
+  for (auto& c : classes) c = static_cast<std::int64_t>(generator.next_bits() % E);
+  const auto targets = veil::from_vector<std::int64_t>(classes, {B * L});
+  const Tensor<float> y = block(x, mask::causal() & mask::key_padding({L, 45}));
+  const Tensor<float> loss = veil::cross_entropy(y.reshape({B * L, E}), targets);
+  loss.backward();
+  std::vector<std::uint32_t> bits;
+  const auto append = [&bits](const Tensor<float>& t) {
+    if (!t.defined()) throw std::logic_error("training_step: a gradient is missing");  // no Catch2 macro off the main thread
+    for (float value : t.to_vector()) bits.push_back(std::bit_cast<std::uint32_t>(value));
+  };
+  append(loss);
+  append(y);
+  append(x.grad());
+  for (const auto& [name, parameter] : block.named_parameters()) append(parameter.grad());
+  return bits;
+}
 
 
 
@@ -153,4 +190,19 @@ TEST_CASE("TransformerBlock rejects an input of the wrong rank or width", "[nn][
   CHECK_THROWS_MATCHES(block(veil::zeros<float>({1, 4, 6})), veil::ShapeError, MessageContains("got [1, 4, 6]"));
   CHECK_THROWS_MATCHES(nn::TransformerBlock(nn::TransformerBlockOptions{.embed_dim = 6, .num_heads = 4}), veil::ValueError,
                        MessageContains("embed_dim (6) must be divisible by num_heads (4)"));
+}
+
+TEST_CASE("10 threads training their own TransformerBlock get the serial loss and gradients bit for bit",
+          "[nn][transformer_block][threads]") {
+  constexpr int threads = 10;
+  std::vector<std::vector<std::uint32_t>> serial, concurrent(threads);
+  for (int t = 0; t < threads; ++t) serial.push_back(training_step(static_cast<std::uint64_t>(500 + t)));
+  REQUIRE(serial[0] != serial[1]);  // the models really differ, so a mix-up between threads would show
+  veil_test::run_together(threads, [&](int t) {
+    concurrent[static_cast<std::size_t>(t)] = training_step(static_cast<std::uint64_t>(500 + t));
+  });
+  for (int t = 0; t < threads; ++t) {
+    INFO("thread " << t);
+    CHECK(concurrent[static_cast<std::size_t>(t)] == serial[static_cast<std::size_t>(t)]);
+  }
 }

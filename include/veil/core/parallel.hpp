@@ -2,6 +2,10 @@
 // whose partition depends only on (first, last, grain) and the thread count; kernels that reduce
 // across iterations use fixed chunks (see ops/reduce.hpp), so results do not depend on the
 // number of threads beyond rounding.
+//
+// The thread count is per calling thread (OpenMP's nthreads-var lives in each thread's data
+// environment): a program may run several std::threads, each with its own count. With a count of
+// 1 no OpenMP region is ever opened, so such threads share nothing through the OpenMP runtime.
 #pragma once
 
 #include <algorithm>
@@ -14,11 +18,9 @@
 #include <omp.h>
 #endif
 
-#include <Eigen/Core>
-
 namespace veil {
 
-/// Number of threads veil uses for its parallel loops and for Eigen's GEMM.
+/// Number of threads veil's parallel loops and Eigen's GEMM use when called from this thread.
 inline int num_threads() {
 #ifdef _OPENMP
   return omp_get_max_threads();
@@ -27,13 +29,19 @@ inline int num_threads() {
 #endif
 }
 
-/// Sets the thread count for veil's loops and Eigen's GEMM (OpenMP's global setting).
+/// Sets the thread count of veil's loops and Eigen's GEMM for calls from this thread; other
+/// threads keep theirs, and a thread started later begins from OMP_NUM_THREADS (default: the
+/// number of cores). Eigen's GEMM follows it without being told: with no Eigen::setNbThreads
+/// override, Eigen::nbThreads() is omp_get_max_threads() of the calling thread. Calling
+/// Eigen::setNbThreads here would instead write one process-wide variable, a data race as soon
+/// as two threads choose their counts.
 inline void set_num_threads(int count) {
   count = std::max(count, 1);
 #ifdef _OPENMP
   omp_set_num_threads(count);
+#else
+  (void)count;
 #endif
-  Eigen::setNbThreads(count);
 }
 
 /// Index of the calling thread inside a parallel region (0 outside).

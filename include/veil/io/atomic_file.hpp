@@ -32,8 +32,14 @@ class AtomicFileWriter {
                "' names no file (expected a path ending in a file name)");
     std::error_code error;
     // Checked up front so that nothing is written at all; rename() below catches a later change.
-    VEIL_CHECK(!std::filesystem::is_directory(target_, error), IoError, who_, ": cannot write '", target_.string(),
+    // Only a regular file may be replaced: renaming over a device, a FIFO or a socket would leave
+    // a plain file where /dev/null or a pipe was.
+    const std::filesystem::file_status existing = std::filesystem::status(target_, error);
+    VEIL_CHECK(!std::filesystem::is_directory(existing), IoError, who_, ": cannot write '", target_.string(),
                "': it is an existing directory, expected a file path");
+    VEIL_CHECK(!std::filesystem::exists(existing) || std::filesystem::is_regular_file(existing), IoError, who_,
+               ": cannot write '", target_.string(), "': it is an existing ", special_file_kind(existing),
+               ", expected a regular file or a new path");
     const std::filesystem::path directory = target_.has_parent_path() ? target_.parent_path() : ".";
     for (int attempt = 0; attempt < 100 && descriptor_ < 0; ++attempt) {
       // Built with concat: GCC 12 warns (-Wrestrict, a false positive) on "." + std::string&&.
@@ -88,6 +94,16 @@ class AtomicFileWriter {
 
  private:
   static constexpr std::size_t buffer_capacity = std::size_t{1} << 20;
+
+  static const char* special_file_kind(const std::filesystem::file_status& status) {
+    switch (status.type()) {
+      case std::filesystem::file_type::character: return "character device";
+      case std::filesystem::file_type::block: return "block device";
+      case std::filesystem::file_type::fifo: return "FIFO";
+      case std::filesystem::file_type::socket: return "socket";
+      default: return "file that is not a regular file";
+    }
+  }
 
   static unsigned next_counter() {
     static std::atomic<unsigned> counter{0};

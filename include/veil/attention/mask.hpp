@@ -115,6 +115,9 @@ inline std::vector<Index> offsets_from_lengths(const std::vector<Index>& lengths
   std::vector<Index> offsets{0};
   for (std::size_t d = 0; d < lengths.size(); ++d) {
     VEIL_CHECK(lengths[d] >= 0, MaskError, "documents: lengths must be >= 0, got lengths[", d, "] = ", lengths[d]);
+    VEIL_CHECK(lengths[d] <= std::numeric_limits<Index>::max() - offsets.back(), MaskError,
+               "documents: lengths must sum to at most ", std::numeric_limits<Index>::max(), ", got lengths[", d,
+               "] = ", lengths[d], " after a sum of ", offsets.back());
     offsets.push_back(offsets.back() + lengths[d]);
   }
   return offsets;

@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -133,6 +134,10 @@ class PackedSequences {
       for (std::size_t d = 0; d < lengths.size(); ++d) {
         VEIL_CHECK(lengths[d] >= 0, MaskError, "PackedSequences::from_lengths: document lengths must be >= 0, got ",
                    shared ? "" : "row " + std::to_string(r) + " ", "lengths[", d, "] = ", lengths[d]);
+        VEIL_CHECK(lengths[d] <= std::numeric_limits<Index>::max() - offsets.back(), MaskError,
+                   "PackedSequences::from_lengths: document lengths must sum to at most ",
+                   std::numeric_limits<Index>::max(), ", got ", shared ? "" : "row " + std::to_string(r) + " ",
+                   "lengths[", d, "] = ", lengths[d], " after a sum of ", offsets.back());
         offsets.push_back(offsets.back() + lengths[d]);
       }
       if (r == 0) length_ = offsets.back();

@@ -43,8 +43,8 @@ AttentionShape check_inputs(const Tensor<T>& q, const Tensor<T>& k, const Tensor
              " shape ", to_string(v.shape()));
   const AttentionShape s{q.size(0), q.size(1), k.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
   VEIL_CHECK(k.size(0) == s.batch && v.size(0) == s.batch, ShapeError,
-             "scaled_dot_product_attention: batch sizes differ: q ", to_string(q.shape()), ", k ", to_string(k.shape()),
-             ", v ", to_string(v.shape()));
+             "scaled_dot_product_attention: batch sizes differ: expected k and v to have q's batch size ", s.batch,
+             ", got q ", to_string(q.shape()), ", k ", to_string(k.shape()), ", v ", to_string(v.shape()));
   VEIL_CHECK(v.size(1) == s.kv_heads, ShapeError, "scaled_dot_product_attention: k has ", s.kv_heads,
              " heads but v has ", v.size(1), " (k ", to_string(k.shape()), ", v ", to_string(v.shape()), ")");
   VEIL_CHECK(s.kv_heads > 0 && s.heads % s.kv_heads == 0, ShapeError, "scaled_dot_product_attention: q has ", s.heads,

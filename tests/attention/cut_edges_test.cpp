@@ -274,3 +274,91 @@ TEST_CASE("NaN in a kept key, value or bias entry propagates to the output", "[a
     }
   }
 }
+
+TEST_CASE("+inf in a kept bias entry gives NaN in its row instead of a clamped value", "[attention][cut_edges][inf]") {
+  // softmax over a row holding +inf is inf / inf (PyTorch and JAX agree): the row is NaN, never a
+  // silently clamped one-hot, and the other rows are untouched.
+  veil::Generator gen(6);
+  const Index Lq = 6, Lk = 140, D = 4;
+  const auto q = veil::randn<float>({1, 1, Lq, D}, gen), k = veil::randn<float>({1, 1, Lk, D}, gen);
+  const auto v = veil::randn<float>({1, 1, Lk, D}, gen);
+  auto bias = veil::randn<float>({Lq, Lk}, gen);
+  bias.data()[2 * Lk + 131] = std::numeric_limits<float>::infinity();  // row 2, in the second key tile
+  for (bool reference : {false, true}) {
+    INFO((reference ? "reference" : "fused"));
+    const auto out = (reference ? attention::reference_attention(q, k, v, mask::additive(bias)).output
+                                : veil::scaled_dot_product_attention(q, k, v, mask::additive(bias)))
+                         .to_vector();
+    for (Index i = 0; i < Lq; ++i)
+      for (Index d = 0; d < D; ++d) CHECK(std::isnan(out[i * D + d]) == (i == 2));
+  }
+}
+
+TEST_CASE("-1e30 and the lowest float in a bias are finite biases, not cuts", "[attention][cut_edges][bias]") {
+  // Only -inf cuts an edge. A row whose bias is -1e30 everywhere still attends: the common offset
+  // cancels in the softmax, so its weights are those of the scores alone, and its logsumexp is
+  // finite. A single -1e30 next to finite entries gets a weight and a gradient of 0 up to float's
+  // smallest magnitudes (exp of -1e30 underflows; an edge is only exactly 0 when it is cut).
+  veil::Generator gen(7);
+  const Index Lq = 5, Lk = 9, D = 4;
+  const auto q = veil::randn<float>({1, 1, Lq, D}, gen), k = veil::randn<float>({1, 1, Lk, D}, gen);
+  const auto v = veil::randn<float>({1, 1, Lk, D}, gen);
+  for (const float huge : {-1e30f, std::numeric_limits<float>::lowest()}) {
+    INFO("bias value " << huge);
+    auto bias = veil::zeros<float>({Lq, Lk});
+    for (Index j = 0; j < Lk; ++j) bias.data()[1 * Lk + j] = huge;  // row 1: every entry
+    bias.data()[3 * Lk + 4] = huge;                                  // row 3: one entry
+    bias.set_requires_grad(true);
+    CHECK(mask::materialize(mask::additive(bias), 1, 1, Lq, Lk).to_vector() ==
+          std::vector<bool>(static_cast<std::size_t>(Lq * Lk), true));
+    const auto result = attention::scaled_dot_product_attention_with_logsumexp(q, k, v, mask::additive(bias));
+    const auto plain = veil::scaled_dot_product_attention(q, k, v);
+    veil::sum(result.output).backward();
+    const auto out = result.output.to_vector(), lse = result.logsumexp.to_vector(), expected = plain.to_vector();
+    CHECK(std::isfinite(lse[1]));
+    CHECK(lse[1] < -1e29);
+    // The scores (|q·k| < 10) vanish next to 1e30 in float, so row 1 weighs every key equally.
+    for (Index d = 0; d < D; ++d) {
+      double mean = 0;
+      for (Index j = 0; j < Lk; ++j) mean += v.to_vector()[j * D + d];
+      CHECK(out[1 * D + d] == Approx(mean / Lk).margin(1e-6));
+    }
+    for (Index i : {0, 2, 4})
+      for (Index d = 0; d < D; ++d) CHECK(out[i * D + d] == Approx(expected[i * D + d]).margin(1e-6));
+    const auto dbias = bias.grad().to_vector();
+    CHECK(std::abs(dbias[3 * Lk + 4]) < 1e-30f);
+    for (float g : dbias) CHECK(std::isfinite(g));
+  }
+}
+
+TEST_CASE("Scores of magnitude 1e4 to 1e30 give finite outputs and gradients", "[attention][cut_edges][overflow]") {
+  // The max is subtracted before exp, so a huge scale only sharpens the softmax: at 1e30 every
+  // row attends to its highest-scoring key alone, and nothing overflows on the way back.
+  veil::Generator gen(8);
+  const Index Lq = 7, Lk = 130, D = 8;
+  const auto q0 = veil::randn<float>({1, 2, Lq, D}, gen), k0 = veil::randn<float>({1, 2, Lk, D}, gen);
+  const auto v0 = veil::randn<float>({1, 2, Lk, D}, gen);
+  for (const double scale : {1e4, 1e30}) {
+    INFO("scale " << scale);
+    auto q = q0.detach().contiguous().detach().set_requires_grad(true);
+    auto k = k0.detach().contiguous().detach().set_requires_grad(true);
+    auto v = v0.detach().contiguous().detach().set_requires_grad(true);
+    const auto out = veil::scaled_dot_product_attention(q, k, v, mask::causal_top_left(), {.scale = scale});
+    veil::sum(out).backward();
+    for (const Tensor<float>& t : {out, q.grad(), k.grad(), v.grad()})
+      for (float e : t.to_vector()) REQUIRE(std::isfinite(e));
+    if (scale < 1e30) continue;
+    const auto qs = q0.to_vector(), ks = k0.to_vector(), vs = v0.to_vector(), o = out.to_vector();
+    for (Index h = 0; h < 2; ++h)
+      for (Index i = 0; i < Lq; ++i) {
+        Index best = 0;
+        double best_score = -std::numeric_limits<double>::infinity();
+        for (Index j = 0; j <= i; ++j) {
+          double score = 0;
+          for (Index d = 0; d < D; ++d) score += double(qs[(h * Lq + i) * D + d]) * ks[(h * Lk + j) * D + d];
+          if (score > best_score) best_score = score, best = j;
+        }
+        for (Index d = 0; d < D; ++d) CHECK(o[(h * Lq + i) * D + d] == Approx(vs[(h * Lk + best) * D + d]).margin(1e-6));
+      }
+  }
+}

@@ -176,3 +176,52 @@ TEST_CASE("an or with none keeps every edge but still adds the other side's bias
   for (std::size_t e = 0; e < got.size(); ++e) CHECK(got[e] == Approx(expected[e]).margin(1e-12));
   CHECK((veil::mask::causal() | veil::mask::none()).is_none());
 }
+
+TEST_CASE("Transposed, strided and expanded masks and biases give the bits of their contiguous copies",
+          "[attention][equivalence][strides]") {
+  // Dense masks are read through their strides (never assumed row-major), so a view needs no
+  // copy and a layout cannot change the result. Lq and Lk straddle the tile sizes.
+  veil::Generator gen(31);
+  const Index B = 2, H = 2, Lq = 70, Lk = 150, D = 8;
+  const auto q = veil::randn<float>({B, H, Lq, D}, gen), k = veil::randn<float>({B, H, Lk, D}, gen);
+  const auto v = veil::randn<float>({B, H, Lk, D}, gen), grad_out = veil::randn<float>({B, H, Lq, D}, gen);
+  const auto same = [&](const mask::Mask& view, const mask::Mask& copy) {
+    const auto a = attend(q, k, v, grad_out, view), b = attend(q, k, v, grad_out, copy);
+    CHECK(a.out == b.out);
+    CHECK(a.dq == b.dq);
+    CHECK(a.dk == b.dk);
+    CHECK(a.dv == b.dv);
+  };
+  Tensor<bool> keys_by_queries = veil::zeros<bool>({Lk, Lq});  // stored transposed
+  for (Index e = 0; e < keys_by_queries.numel(); ++e) keys_by_queries.data()[e] = (e * 7 + e / 13) % 5 != 0;
+  const Tensor<bool> transposed = keys_by_queries.transpose(0, 1);  // [Lq, Lk], strides [1, Lq]
+  REQUIRE_FALSE(transposed.is_contiguous());
+  {
+    INFO("allow of a transposed bool tensor");
+    same(mask::allow(transposed), mask::allow(transposed.contiguous()));
+  }
+  {
+    INFO("forbid of every other column of a wider tensor");
+    Tensor<bool> wide = veil::zeros<bool>({Lq, 2 * Lk});
+    for (Index e = 0; e < wide.numel(); ++e) wide.data()[e] = e % 3 == 0;
+    const Tensor<bool> strided = veil::slice(wide, 1, 0, 2 * Lk, 2);
+    REQUIRE_FALSE(strided.is_contiguous());
+    same(mask::forbid(strided), mask::forbid(strided.contiguous()));
+  }
+  {
+    INFO("additive bias: a transposed view and a [1, Lk] row expanded to [B, H, Lq, Lk] (stride 0)");
+    const Tensor<float> bias_t = veil::randn<float>({Lk, Lq}, gen).transpose(0, 1);
+    REQUIRE_FALSE(bias_t.is_contiguous());
+    same(mask::additive(bias_t), mask::additive(bias_t.contiguous()));
+    const Tensor<float> row = veil::randn<float>({1, Lk}, gen);
+    same(mask::additive(veil::expand(row, {B, H, Lq, Lk})), mask::additive(veil::expand(row, {B, H, Lq, Lk}).contiguous()));
+  }
+  {
+    INFO("the gradient of a transposed bias reaches its leaf transposed back");
+    auto leaf_t = veil::randn<float>({Lk, Lq}, gen).set_requires_grad(true);
+    auto leaf = leaf_t.detach().transpose(0, 1).contiguous().detach().set_requires_grad(true);
+    attend(q, k, v, grad_out, mask::additive(veil::transpose(leaf_t, 0, 1)) & mask::allow(transposed));
+    attend(q, k, v, grad_out, mask::additive(leaf) & mask::allow(transposed));
+    CHECK(leaf_t.grad().transpose(0, 1).contiguous().to_vector() == leaf.grad().to_vector());
+  }
+}

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <string>
 #include <vector>
@@ -28,6 +29,15 @@ Inputs inputs(Index B = 2, Index H = 2, Index Hkv = 2, Index Lq = 10, Index Lk =
   return {veil::randn<float>({B, H, Lq, D}, gen), veil::randn<float>({B, Hkv, Lk, D}, gen),
           veil::randn<float>({B, Hkv, Lk, Dv}, gen)};
 }
+
+template <class M>
+concept AllowTakes = requires(M m) { mask::allow(m); };
+template <class M>
+concept ForbidTakes = requires(M m) { mask::forbid(m); };
+template <class M>
+concept AdditiveTakes = requires(M m) { mask::additive(m); };
+template <class Q, class K, class V>
+concept AttentionTakes = requires(Q q, K k, V v) { veil::scaled_dot_product_attention(q, k, v); };
 
 /// Every named substring must appear in the message of the MaskError both paths throw.
 void require_mask_error(const Inputs& in, const mask::Mask& m, const std::vector<std::string>& parts) {
@@ -85,6 +95,13 @@ TEST_CASE("Malformed document offsets and lengths throw MaskError naming the off
                          MessageContains("lengths must be >= 0, got lengths[1] = -2"));
   REQUIRE_THROWS_MATCHES(mask::documents(std::vector<std::vector<Index>>{{10}, {12, -1}}), veil::MaskError,
                          MessageContains("got lengths[1] = -1"));
+  // Lengths whose sum does not fit in an Index are refused before the offsets are added up.
+  constexpr Index largest = std::numeric_limits<Index>::max();
+  REQUIRE_THROWS_MATCHES(mask::documents({largest, 1}), veil::MaskError,
+                         MessageContains("lengths must sum to at most 9223372036854775807, got lengths[1] = 1 after a "
+                                         "sum of 9223372036854775807"));
+  REQUIRE_THROWS_MATCHES(mask::documents(std::vector<std::vector<Index>>{{largest / 2 + 1, largest / 2 + 1}}),
+                         veil::MaskError, MessageContains("got lengths[1] = 4611686018427387904"));
   // ... and when it meets the call's geometry.
   const auto in = inputs();  // Lq = Lk = 10
   require_mask_error(in, mask::documents({4, 5}), {"documents", "cover 9 query positions", "query length is 10"});
@@ -133,7 +150,8 @@ TEST_CASE("q, k, v of the wrong rank or with mismatched extents throw ShapeError
   expect(veil::randn<float>({4, 6, 8}, gen), k, v, "q must be [B, H, Lq, D], got rank 3 shape [4, 6, 8]");
   expect(q, veil::randn<float>({2, 2, 7, 8, 1}, gen), v, "k must be [B, Hkv, Lk, D], got rank 5");
   expect(q, k, veil::randn<float>({7, 5}, gen), "v must be [B, Hkv, Lk, Dv], got rank 2");
-  expect(q, veil::randn<float>({3, 2, 7, 8}, gen), v, "batch sizes differ");
+  expect(q, veil::randn<float>({3, 2, 7, 8}, gen), v, "batch sizes differ: expected k and v to have q's batch size 2");
+  expect(q, veil::randn<float>({3, 2, 7, 8}, gen), v, "got q [2, 4, 6, 8], k [3, 2, 7, 8], v [2, 2, 7, 5]");
   expect(q, k, veil::randn<float>({1, 2, 7, 5}, gen), "[1, 2, 7, 5]");
   expect(veil::randn<float>({2, 3, 6, 8}, gen), k, v, "q has 3 heads, which is not a multiple of k's 2 heads");
   expect(q, veil::randn<float>({2, 3, 7, 8}, gen), veil::randn<float>({2, 3, 7, 5}, gen), "not a multiple of k's 3 heads");
@@ -177,4 +195,26 @@ TEST_CASE("A failed call leaves the generator and the inputs untouched", "[atten
   REQUIRE_THROWS_AS(veil::scaled_dot_product_attention(in.q, in.k, in.v, mask::key_padding({1}), options), veil::MaskError);
   CHECK(in.q.to_vector() == q_before);
   CHECK(gen.counter() == 0);
+}
+
+TEST_CASE("Masks and attention inputs of the wrong element type do not compile", "[attention][errors][types]") {
+  // PyTorch has to reject uint8 / int64 padding masks and mixed q/k/v dtypes at run time; here the
+  // element type is part of the tensor type, so these calls are compile errors, checked here as
+  // concepts (a true result would mean the call compiles).
+  STATIC_REQUIRE(AllowTakes<Tensor<bool>>);
+  STATIC_REQUIRE(ForbidTakes<Tensor<bool>>);
+  STATIC_REQUIRE_FALSE(AllowTakes<Tensor<std::uint8_t>>);
+  STATIC_REQUIRE_FALSE(AllowTakes<Tensor<std::int64_t>>);
+  STATIC_REQUIRE_FALSE(AllowTakes<Tensor<float>>);
+  STATIC_REQUIRE_FALSE(ForbidTakes<Tensor<std::int32_t>>);
+  STATIC_REQUIRE_FALSE(ForbidTakes<Tensor<double>>);
+  STATIC_REQUIRE(AdditiveTakes<Tensor<float>>);
+  STATIC_REQUIRE(AdditiveTakes<Tensor<double>>);
+  STATIC_REQUIRE_FALSE(AdditiveTakes<Tensor<bool>>);
+  STATIC_REQUIRE_FALSE(AdditiveTakes<Tensor<std::int64_t>>);
+  STATIC_REQUIRE(AttentionTakes<Tensor<float>, Tensor<float>, Tensor<float>>);
+  STATIC_REQUIRE(AttentionTakes<Tensor<double>, Tensor<double>, Tensor<double>>);
+  STATIC_REQUIRE_FALSE(AttentionTakes<Tensor<float>, Tensor<double>, Tensor<float>>);
+  STATIC_REQUIRE_FALSE(AttentionTakes<Tensor<float>, Tensor<float>, Tensor<double>>);
+  STATIC_REQUIRE_FALSE(AttentionTakes<Tensor<double>, Tensor<float>, Tensor<float>>);
 }

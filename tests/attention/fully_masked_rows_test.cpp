@@ -105,7 +105,119 @@ std::vector<Scenario> scenarios() {
   // causal (bottom-right) with Lq > Lk: the first Lq - Lk rows keep nothing.
   list.push_back({"causal(), Lq = 100 > Lk = 30", 1, 2, 1, 100, 30, 16, 16, mask::causal(),
                   [](Index, Index, Index i) { return i < 70; }});
+  // Every key padded away in every batch row.
+  list.push_back({"key_padding({0, 0})", 2, 2, 1, 9, 140, 8, 8, mask::key_padding({0, 0}),
+                  [](Index, Index, Index) { return true; }});
+  {  // Document ids that are neither monotone nor contiguous (FlexAttention's document mask), as a
+     // custom predicate: query i attends to keys of its own document; document 3 owns queries but
+     // no key, so its rows keep nothing.
+    const auto query_document = [](Index i) -> Index { return i % 5 == 4 ? 3 : (i * 7) % 3; };
+    const auto key_document = [](Index j) -> Index { return (j / 3) % 3; };
+    list.push_back({"custom: non-monotone document ids, document 3 without keys", 1, 2, 2, 40, 70, 8, 8,
+                    mask::custom([=](Index, Index, Index i, Index j) { return query_document(i) == key_document(j); }),
+                    [=](Index, Index, Index i) { return query_document(i) == 3; }});
+  }
   return list;
+}
+
+/// Extents of one attention call with at least one of them zero (or a zero head dim).
+struct EmptyCase {
+  const char* name;
+  Index B, H, Hkv, Lq, Lk, D, Dv;
+};
+
+const EmptyCase empty_cases[] = {
+    {"no keys (Lk = 0)", 2, 2, 1, 5, 0, 4, 3},
+    {"no keys, 70 queries (more than one query tile)", 1, 1, 1, 70, 0, 8, 8},
+    {"no queries (Lq = 0)", 2, 2, 1, 0, 7, 4, 3},
+    {"no queries and no keys", 2, 2, 1, 0, 0, 4, 3},
+    {"empty batch (B = 0)", 0, 2, 1, 5, 7, 4, 3},
+    {"no query heads (H = 0)", 2, 0, 1, 5, 7, 4, 3},
+    {"head dim 0 (D = 0)", 2, 2, 1, 5, 7, 0, 3},
+    {"value dim 0 (Dv = 0)", 2, 2, 1, 5, 7, 4, 0},
+};
+
+template <class T>
+bool all_equal_to(const Tensor<T>& x, T value) {
+  for (T e : x.to_vector())
+    if (!(e == value)) return false;
+  return true;
+}
+
+/// One zero-size call through the fused kernel or the reference, forward and backward: every
+/// result has the documented shape, nothing is NaN, rows without keys are 0 with logsumexp -inf,
+/// and every gradient that has no path to a kept edge is exactly 0.
+template <class T>
+void check_empty_case(const EmptyCase& c, bool reference) {
+  veil::Generator gen(21);
+  auto q = veil::randn<T>({c.B, c.H, c.Lq, c.D}, gen).set_requires_grad(true);
+  auto k = veil::randn<T>({c.B, c.Hkv, c.Lk, c.D}, gen).set_requires_grad(true);
+  auto v = veil::randn<T>({c.B, c.Hkv, c.Lk, c.Dv}, gen).set_requires_grad(true);
+  auto bias = veil::randn<T>({c.Lq, c.Lk}, gen).set_requires_grad(true);
+  const auto grad_out = veil::randn<T>({c.B, c.H, c.Lq, c.Dv}, gen);
+  std::vector<Index> no_keys(static_cast<std::size_t>(c.B), 0);
+  struct Masked {
+    const char* name;
+    mask::Mask mask;
+    bool keeps_nothing;
+  };
+  const Masked masks[] = {
+      {"none()", mask::none(), false},
+      {"causal()", mask::causal(), false},
+      {"causal_top_left()", mask::causal_top_left(), false},
+      {"sliding_window(2, 1)", mask::sliding_window(2, 1), false},
+      {"documents_from_offsets({0, Lq}, {0, Lk})", mask::documents_from_offsets({0, c.Lq}, {0, c.Lk}), false},
+      {"allow(ones [Lq, Lk])", mask::allow(veil::ones<bool>({c.Lq, c.Lk})), false},
+      {"additive(bias [Lq, Lk])", mask::additive(bias), false},
+      {"key_padding(0 for every row)", mask::key_padding(no_keys), true},
+  };
+  for (const auto& m : masks) {
+    INFO(c.name << ", " << m.name << (reference ? " (reference)" : " (fused)"));
+    q.zero_grad(), k.zero_grad(), v.zero_grad(), bias.zero_grad();
+    const auto result = reference ? attention::reference_attention(q, k, v, m.mask)
+                                  : attention::scaled_dot_product_attention_with_logsumexp(q, k, v, m.mask);
+    REQUIRE(result.output.shape() == veil::Shape{c.B, c.H, c.Lq, c.Dv});
+    REQUIRE(result.logsumexp.shape() == veil::Shape{c.B, c.H, c.Lq});
+    result.output.backward(grad_out);
+    REQUIRE(q.grad().shape() == q.shape());
+    REQUIRE(k.grad().shape() == k.shape());
+    REQUIRE(v.grad().shape() == v.shape());
+    for (const Tensor<T>& t : {result.output, result.logsumexp, q.grad(), k.grad(), v.grad()})
+      for (T e : t.to_vector()) REQUIRE(!std::isnan(e));
+
+    const bool no_edge = m.keeps_nothing || c.Lk == 0;
+    if (no_edge) {
+      CHECK(all_equal_to(result.output, T(0)));
+      CHECK(all_equal_to(result.logsumexp, -std::numeric_limits<T>::infinity()));
+    }
+    // dq needs a kept edge and a value to differentiate; dk and dv need a query too.
+    const bool nothing_flows = no_edge || c.Lq == 0 || c.H == 0 || c.B == 0 || c.Dv == 0;
+    if (nothing_flows) {
+      CHECK(all_equal_to(q.grad(), T(0)));
+      CHECK(all_equal_to(k.grad(), T(0)));
+    }
+    if (no_edge || c.Lq == 0 || c.H == 0 || c.B == 0) CHECK(all_equal_to(v.grad(), T(0)));
+    if (bias.grad().defined()) {
+      REQUIRE(bias.grad().shape() == bias.shape());
+      if (nothing_flows) CHECK(all_equal_to(bias.grad(), T(0)));
+    }
+
+    if (c.D == 0 && !m.keeps_nothing && m.mask.is_none()) {
+      // No features: every score is 0 and the weights are uniform, so each output row is the
+      // mean of the values (1/sqrt(D) is not formed: the default scale uses max(D, 1)).
+      const auto out = result.output.to_vector(), values = v.to_vector();
+      const Index G = c.H / c.Hkv;
+      for (Index b = 0; b < c.B; ++b)
+        for (Index h = 0; h < c.H; ++h)
+          for (Index i = 0; i < c.Lq; ++i)
+            for (Index d = 0; d < c.Dv; ++d) {
+              double mean = 0;
+              for (Index j = 0; j < c.Lk; ++j) mean += values[((b * c.Hkv + h / G) * c.Lk + j) * c.Dv + d];
+              mean /= static_cast<double>(c.Lk);
+              CHECK(out[((b * c.H + h) * c.Lq + i) * c.Dv + d] == Approx(mean).margin(1e-6));
+            }
+    }
+  }
 }
 
 }  // namespace
@@ -167,4 +279,13 @@ TEST_CASE("fully_masked_rows = throw_error throws a MaskError naming the rows", 
   // The same calls without fully masked rows do not throw, and the default option does not throw.
   REQUIRE_NOTHROW(veil::scaled_dot_product_attention(q, k, v, mask::key_padding({5, 1}), options));
   REQUIRE_NOTHROW(veil::scaled_dot_product_attention(q, k, v, padding));
+}
+
+TEST_CASE("Zero-length sequences, empty batches and heads, and zero head dims give shaped outputs and zero gradients",
+          "[attention][fully_masked][zero_size]") {
+  for (const auto& c : empty_cases) {
+    check_empty_case<float>(c, false);
+    check_empty_case<double>(c, false);
+    check_empty_case<float>(c, true);
+  }
 }

@@ -5,6 +5,7 @@
 #include "support/message_contains.hpp"
 
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 using veil::Index;
@@ -135,6 +136,8 @@ TEST_CASE("PackedSequences: malformed packings throw MaskError naming the proble
   REQUIRE_THROWS_MATCHES(PackedSequences::from_lengths(std::vector<std::vector<Index>>{}), MaskError,
                          MessageContains("at least one batch row"));
   REQUIRE_THROWS_MATCHES(PackedSequences::from_lengths({0, 0}), MaskError, MessageContains("at least one token"));
+  REQUIRE_THROWS_MATCHES(PackedSequences::from_lengths({std::numeric_limits<Index>::max(), 1}), MaskError,
+                         MessageContains("must sum to at most 9223372036854775807, got lengths[1] = 1"));
 
   const auto packing = PackedSequences::from_lengths({2, 2});
   REQUIRE_THROWS_MATCHES(packing.targets(veil::zeros<std::int64_t>({1, 7})), veil::ShapeError,

@@ -4,6 +4,8 @@
 #include "io/io_test_support.hpp"
 #include "support/message_contains.hpp"
 
+#include <veil/nn.hpp>
+
 #include <nlohmann/json.hpp>
 
 #include <bit>
@@ -11,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -344,6 +347,99 @@ TEST_CASE("a checkpoint that does not fit the model changes no parameter", "[io]
                          MessageContains("size mismatch for weight"));
   CHECK(target.weight.to_vector() == before);
   CHECK(target.bias.to_vector() != std::vector<float>(3, 0.0f));
+}
+
+namespace {
+
+/// The bytes of every parameter and buffer, by name.
+std::map<std::string, std::vector<unsigned char>> state_bytes(const veil::nn::Module<float>& model) {
+  std::map<std::string, std::vector<unsigned char>> out;
+  for (const auto& [name, tensor] : model.state_dict()) {
+    const auto values = tensor.to_vector();
+    std::vector<unsigned char> bytes(values.size() * sizeof(float));
+    if (!values.empty()) std::memcpy(bytes.data(), values.data(), bytes.size());
+    out.emplace(name, std::move(bytes));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a checkpoint with a missing, unexpected, misshapen or integer entry changes no bit of any parameter",
+          "[io][safetensors][transactional]") {
+  // Every other entry of each faulty checkpoint is valid and holds different values, so an update
+  // that copied entries up to the faulty one would show.
+  ScratchDirectory directory;
+  const auto path = directory / "faulty.safetensors";
+  veil::Generator a(1), b(2);
+  using veil::nn::TransformerBlockOptions;
+  veil::nn::TransformerBlock<float> source(TransformerBlockOptions{.embed_dim = 8, .num_heads = 2, .generator = &a});
+  veil::nn::TransformerBlock<float> target(TransformerBlockOptions{.embed_dim = 8, .num_heads = 2, .generator = &b});
+  for (auto& [name, parameter] : source.named_parameters()) {
+    veil::NoGradGuard no_grad;
+    veil::detail::copy_into(parameter.detach(), veil::randn<float>(parameter.shape(), a));
+  }
+  const auto before = state_bytes(target);
+  REQUIRE(before != state_bytes(source));
+  const auto expect_unchanged = [&](const std::vector<SafetensorsEntry>& entries, const std::string& message,
+                                    bool strict = true) {
+    INFO(message);
+    veil::io::save_safetensors(path, entries);
+    REQUIRE_THROWS_MATCHES(target.load_state_dict(veil::io::load_safetensors(path), strict), veil::IoError,
+                           MessageContains(message));
+    CHECK(state_bytes(target) == before);
+  };
+  const auto entries_without = [&](const std::string& left_out) {
+    std::vector<SafetensorsEntry> entries;
+    for (const auto& [name, tensor] : source.state_dict())
+      if (name != left_out) entries.push_back(SafetensorsEntry::from_tensor(name, tensor));
+    return entries;
+  };
+
+  expect_unchanged(entries_without("mlp.2.bias"), "missing keys: mlp.2.bias");
+  {
+    auto entries = entries_without("");
+    entries.push_back(SafetensorsEntry::from_tensor("mlp.3.weight", veil::ones<float>({8, 8})));
+    expect_unchanged(entries, "unexpected keys: mlp.3.weight");
+  }
+  {
+    auto entries = entries_without("mlp.2.weight");  // the last parameter the block registers
+    entries.push_back(SafetensorsEntry::from_tensor("mlp.2.weight", veil::ones<float>({32, 8})));
+    expect_unchanged(entries, "size mismatch for mlp.2.weight: checkpoint [32, 8] vs model [8, 32]");
+    // Not strict: missing and unexpected keys are allowed, a wrong shape still is not.
+    entries.erase(entries.begin());
+    expect_unchanged(entries, "size mismatch for mlp.2.weight", /*strict=*/false);
+  }
+  {
+    auto entries = entries_without("attn.in_proj_weight");  // the first parameter it registers
+    entries.push_back(SafetensorsEntry::from_tensor("attn.in_proj_weight", veil::ones<float>({24})));
+    expect_unchanged(entries, "size mismatch for attn.in_proj_weight: checkpoint [24] vs model [24, 8]");
+  }
+  {
+    auto entries = entries_without("");
+    entries.push_back(SafetensorsEntry::from_tensor("step", veil::scalar<std::int64_t>(100)));
+    expect_unchanged(entries, "entry \"step\" holds I64 values");
+  }
+  {
+    INFO("several faults are reported together");
+    auto entries = entries_without("ln1.bias");
+    entries.push_back(SafetensorsEntry::from_tensor("extra", veil::ones<float>({1})));
+    veil::io::save_safetensors(path, entries);
+    try {
+      target.load_state_dict(veil::io::load_safetensors(path));
+      FAIL("load_state_dict accepted a checkpoint with a missing and an unexpected key");
+    } catch (const veil::IoError& error) {
+      const std::string what = error.what();
+      CHECK(what.find("nothing was loaded") != std::string::npos);
+      CHECK(what.find("missing keys: ln1.bias") != std::string::npos);
+      CHECK(what.find("unexpected keys: extra") != std::string::npos);
+    }
+    CHECK(state_bytes(target) == before);
+  }
+  // The same checkpoint without its faults loads every entry.
+  veil::io::save_safetensors(path, entries_without(""));
+  target.load_state_dict(veil::io::load_safetensors(path));
+  CHECK(state_bytes(target) == state_bytes(source));
 }
 
 TEST_CASE("non-contiguous and tied tensors are written in row-major order once per name", "[io][safetensors]") {

@@ -259,3 +259,39 @@ TEST_CASE("MultiHeadAttention rejects bad options and inputs with messages namin
   CHECK_THROWS_AS(mha(query, veil::zeros<float>({2, 4, 5}), veil::zeros<float>({2, 4, 8}), mask::key_padding({4, 4, 4})),
                   veil::MaskError);
 }
+
+TEST_CASE("MultiHeadAttention on zero-length inputs returns shaped outputs and zero or bias-only gradients",
+          "[nn][mha][zero_size]") {
+  veil::Generator generator(14);
+  const Index B = 2, E = 8;
+  nn::MultiHeadAttention<float> mha(nn::MultiHeadAttentionOptions{.embed_dim = E, .num_heads = 2, .num_kv_heads = 1},
+                                    generator);
+  randomise(mha, generator, 0.5);
+
+  SECTION("self-attention over L = 0: output [B, 0, E] and every parameter gradient exactly 0") {
+    auto x = veil::zeros<float>({B, 0, E}).set_requires_grad(true);
+    const Tensor<float> y = mha(x, mask::causal());
+    REQUIRE(y.shape() == veil::Shape{B, 0, E});
+    veil::sum(y).backward();
+    for (const auto& [name, parameter] : mha.named_parameters()) {
+      INFO(name);
+      REQUIRE(parameter.grad().defined());
+      CHECK(parameter.grad().to_vector() == std::vector<float>(static_cast<std::size_t>(parameter.numel()), 0.0f));
+    }
+  }
+  SECTION("cross-attention over Lk = 0: every output row is out_proj.bias, and only that bias gets a gradient") {
+    auto query = veil::randn<float>({B, 3, E}, generator).set_requires_grad(true);
+    const Tensor<float> memory = veil::zeros<float>({B, 0, E});
+    const Tensor<float> y = mha(query, memory, memory);
+    REQUIRE(y.shape() == veil::Shape{B, 3, E});
+    const auto values = y.to_vector(), bias = mha.out_proj->bias.to_vector();
+    for (std::size_t e = 0; e < values.size(); ++e) CHECK(values[e] == bias[e % E]);
+    veil::sum(y).backward();
+    CHECK(query.grad().to_vector() == std::vector<float>(static_cast<std::size_t>(query.numel()), 0.0f));
+    for (const auto& [name, parameter] : mha.named_parameters()) {
+      INFO(name);
+      const float expected = name == "out_proj.bias" ? static_cast<float>(B * 3) : 0.0f;
+      CHECK(parameter.grad().to_vector() == std::vector<float>(static_cast<std::size_t>(parameter.numel()), expected));
+    }
+  }
+}

@@ -78,6 +78,11 @@ TEST_CASE("cross_entropy with every target ignored returns 0 and a zero gradient
     loss.backward();
     CHECK(logits.grad().to_vector() == std::vector<double>(6, 0.0));
   }
+  logits.zero_grad();
+  auto per_target = veil::cross_entropy(logits, targets, {.reduction = Reduction::none});
+  CHECK(per_target.to_vector() == std::vector<double>{0.0, 0.0});
+  per_target.backward(veil::ones<double>({2}));
+  CHECK(logits.grad().to_vector() == std::vector<double>(6, 0.0));
 }
 
 TEST_CASE("cross_entropy stays finite for huge logits", "[ops][loss]") {

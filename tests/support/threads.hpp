@@ -1,6 +1,12 @@
 // Helpers for the [threads] tests: std::threads that start together, and a scoped intra-op thread
 // count. Catch2's assertion macros are not thread-safe, so thread bodies only record results and
 // the test asserts on them after join(); an exception escaping a body is rethrown there as well.
+//
+// CI runs the [threads] tests under ThreadSanitizer with OMP_NUM_THREADS=1. GCC's OpenMP runtime
+// is not instrumented, so TSan cannot see the synchronisation inside an OpenMP region and would
+// report races that are not there; with one intra-op thread veil never opens a region, and what
+// TSan checks is exactly the sharing between the tests' std::threads. A [threads] test must
+// therefore never raise the thread count above 1 (ThreadCountScope(1) in each thread).
 #pragma once
 
 #include <atomic>

@@ -1,25 +1,43 @@
-// Fused attention against the machine's SGEMM rate and against the reference (materialised)
-// path, at the shape B = 4, H = 8, D = 64, fp32. Counters:
-//   dense_GFLOPs      dense FLOPs (4·B·H·Lq·Lk·D forward, ×3.5 forward+backward) per second
-//   effective_GFLOPs  the same over kept pairs only
-//   sgemm_fraction    dense_GFLOPs ÷ Eigen SGEMM rate (1024³) measured in this process
-// Ratios between mask kinds (causal ÷ none, ...) come from the same run's medians.
+// Attention: veil's fused kernel and its reference (materialised) path over the grid of
+// attention_cases.hpp, fp32, both timed in the same process as Eigen's SGEMM. Benchmarks:
+//   sgemm/eigen/1024                 the machine's GEMM rate the fractions below refer to
+//   attention/fused/<case>           scaled_dot_product_attention (forward, or forward+backward)
+//   attention/reference/<case>       reference_attention: mask materialised, matmul → softmax →
+//                                    matmul with autograd (skipped where its score tensors would
+//                                    not fit the memory budget)
+// Counters: dense_GFLOPs (every pair counted), effective_GFLOPs (kept pairs only),
+// sgemm_fraction (dense rate ÷ the SGEMM rate measured above), peak_RSS_MB (this case alone).
+// Before a mask kind is timed, its fused result (output and the q, k, v gradients) is checked
+// against the reference once on a small instance of the case, outside any timed loop.
+//
+//   build/bench/attention_bench [--grid=quick|full] [Google Benchmark flags]
 #include <benchmark/benchmark.h>
 
 #include <veil/veil.hpp>
 
+#include "attention_cases.hpp"
+#include "peak_memory.hpp"
+
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
-#include <map>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <set>
 #include <string>
+#include <vector>
 
 namespace {
 
+using bench::AttentionCase;
 using veil::Index;
 using veil::Tensor;
 
-constexpr Index kBatch = 4, kHeads = 8, kHeadDim = 64;
+/// The reference path keeps about six score-sized tensors alive in forward+backward (scores,
+/// masked scores, probabilities and their gradients), three in forward alone.
+constexpr double kReferenceMemoryBudget = 6.0 * (1ull << 30);
 
 /// Median of five 1024³ Eigen SGEMMs with the current thread count, in GFLOP/s.
 double sgemm_rate() {
@@ -39,72 +57,7 @@ double sgemm_rate() {
   return rate;
 }
 
-enum MaskKind { kNone, kCausal, kDocuments4Causal, kKeyPadding75, kAllow50 };
-const char* const kMaskNames[] = {"none", "causal", "documents4&causal", "key_padding75", "allow50"};
-
-veil::mask::Mask make_mask(int kind, Index length) {
-  switch (kind) {
-    case kCausal: return veil::mask::causal();
-    case kDocuments4Causal: return veil::mask::documents(std::vector<Index>(4, length / 4)) & veil::mask::causal();
-    case kKeyPadding75: return veil::mask::key_padding(std::vector<Index>(kBatch, length * 3 / 4));
-    case kAllow50: {
-      veil::Generator generator(7);
-      const Tensor<float> uniform = veil::rand<float>({length, length}, generator);
-      Tensor<bool> allowed = Tensor<bool>::empty({length, length});
-      for (Index e = 0; e < length * length; ++e) allowed.data()[e] = uniform.data()[e] < 0.5f;
-      return veil::mask::allow(allowed);
-    }
-    default: return veil::mask::none();
-  }
-}
-
-double kept_fraction(const veil::mask::Mask& mask, Index length) {
-  const Tensor<bool> keep = veil::mask::materialize(mask, kBatch, 1, length, length);
-  const std::vector<bool> values(keep.data(), keep.data() + keep.numel());
-  return static_cast<double>(std::count(values.begin(), values.end(), true)) / static_cast<double>(values.size());
-}
-
-struct Inputs {
-  Tensor<float> q, k, v, grad_out;
-};
-
-Inputs make_inputs(Index length, bool requires_grad) {
-  veil::Generator generator(1);
-  Inputs in{veil::randn<float>({kBatch, kHeads, length, kHeadDim}, generator),
-            veil::randn<float>({kBatch, kHeads, length, kHeadDim}, generator),
-            veil::randn<float>({kBatch, kHeads, length, kHeadDim}, generator),
-            veil::randn<float>({kBatch, kHeads, length, kHeadDim}, generator)};
-  if (requires_grad) in.q.set_requires_grad(), in.k.set_requires_grad(), in.v.set_requires_grad();
-  return in;
-}
-
-/// Fused against reference on a small length, outside any timed loop.
-void check_against_reference(int kind) {
-  static std::map<int, bool> checked;
-  if (checked[kind]) return;
-  checked[kind] = true;
-  const Index length = 256;
-  const Inputs in = make_inputs(length, false);
-  const auto mask = make_mask(kind, length);
-  const auto fused = veil::scaled_dot_product_attention(in.q, in.k, in.v, mask).to_vector();
-  const auto reference = veil::attention::reference_attention(in.q, in.k, in.v, mask).output.to_vector();
-  double worst = 0;
-  for (std::size_t e = 0; e < fused.size(); ++e) worst = std::max(worst, double(std::abs(fused[e] - reference[e])));
-  if (!(worst < 1e-4)) {
-    std::fprintf(stderr, "attention_bench: fused and reference differ by %g for mask %s\n", worst, kMaskNames[kind]);
-    std::exit(1);
-  }
-}
-
-void set_counters(benchmark::State& state, double flops_per_iteration, double kept) {
-  const double dense = flops_per_iteration;
-  state.counters["dense_GFLOPs"] = benchmark::Counter(dense * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["effective_GFLOPs"] =
-      benchmark::Counter(dense * kept * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["sgemm_GFLOPs"] = sgemm_rate();
-}
-
-void BM_Sgemm1024(benchmark::State& state) {
+void sgemm(benchmark::State& state) {
   Eigen::MatrixXf a = Eigen::MatrixXf::Random(1024, 1024), b = Eigen::MatrixXf::Random(1024, 1024), c(1024, 1024);
   for (auto _ : state) {
     c.noalias() = a * b;
@@ -114,60 +67,148 @@ void BM_Sgemm1024(benchmark::State& state) {
       benchmark::Counter(2.0 * 1024 * 1024 * 1024 * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-void BM_FusedForward(benchmark::State& state) {
-  const int kind = static_cast<int>(state.range(0));
-  const Index length = state.range(1);
-  check_against_reference(kind);
-  const Inputs in = make_inputs(length, false);
-  const auto mask = make_mask(kind, length);
+struct Inputs {
+  Tensor<float> q, k, v, grad_output;
+};
+
+Inputs make_inputs(const AttentionCase& c) {
+  veil::Generator generator(1);
+  const veil::Shape query_shape{c.batch, c.heads, c.query_length, c.head_dim};
+  const veil::Shape key_shape{c.batch, c.heads, c.key_length, c.head_dim};
+  Inputs in{veil::randn<float>(query_shape, generator), veil::randn<float>(key_shape, generator),
+            veil::randn<float>(key_shape, generator), veil::randn<float>(query_shape, generator)};
+  if (c.backward) in.q.set_requires_grad(), in.k.set_requires_grad(), in.v.set_requires_grad();
+  return in;
+}
+
+double max_difference(const Tensor<float>& a, const Tensor<float>& b) {
+  const auto x = a.to_vector(), y = b.to_vector();
+  double worst = x.size() == y.size() ? 0.0 : INFINITY;
+  for (std::size_t e = 0; e < x.size() && e < y.size(); ++e)
+    worst = std::max(worst, std::abs(static_cast<double>(x[e]) - static_cast<double>(y[e])));
+  return worst;
+}
+
+/// Fused against reference on a small instance of the case (L = 256, or Lq = 1 against
+/// Lk = 256), output and gradients; exits on a mismatch. Once per mask kind and length shape.
+void check_against_reference(const AttentionCase& c) {
+  static std::set<std::string> checked;
+  AttentionCase small = c;
+  small.batch = 2, small.heads = 2, small.backward = true;
+  small.key_length = 256, small.query_length = c.query_length == c.key_length ? 256 : 1;
+  if (!checked.insert(small.name()).second) return;
+  const Inputs in = make_inputs(small);
+  const auto mask = bench::make_mask(small);
+  auto fused = veil::scaled_dot_product_attention(in.q, in.k, in.v, mask);
+  fused.backward(in.grad_output);
+  const Tensor<float> fused_grads[] = {in.q.grad(), in.k.grad(), in.v.grad()};
+  in.q.zero_grad(), in.k.zero_grad(), in.v.zero_grad();
+  auto reference = veil::attention::reference_attention(in.q, in.k, in.v, mask).output;
+  reference.backward(in.grad_output);
+  const double errors[] = {max_difference(fused, reference), max_difference(fused_grads[0], in.q.grad()),
+                           max_difference(fused_grads[1], in.k.grad()), max_difference(fused_grads[2], in.v.grad())};
+  for (double error : errors)
+    if (!(error < 1e-3)) {
+      std::fprintf(stderr, "attention_bench: fused and reference differ by %g on %s\n", error, small.name().c_str());
+      std::exit(1);
+    }
+}
+
+void set_counters(benchmark::State& state, const AttentionCase& c) {
+  const double gflop = c.dense_flops() * 1e-9;
+  state.counters["dense_GFLOPs"] = benchmark::Counter(gflop, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["effective_GFLOPs"] =
+      benchmark::Counter(gflop * bench::kept_fraction(c), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["sgemm_fraction"] =
+      benchmark::Counter(gflop / sgemm_rate(), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["peak_RSS_MB"] = bench::peak_resident_bytes() / (1 << 20);
+}
+
+template <class Attention>
+void run_case(benchmark::State& state, const AttentionCase& c, Attention attention) {
+  check_against_reference(c);
+  bench::reset_peak_resident_memory();
+  const Inputs in = make_inputs(c);
+  const auto mask = bench::make_mask(c);
   for (auto _ : state) {
-    veil::NoGradGuard no_grad;
-    benchmark::DoNotOptimize(veil::scaled_dot_product_attention(in.q, in.k, in.v, mask).data());
+    if (c.backward) {
+      Tensor<float> out = attention(in, mask);
+      out.backward(in.grad_output);
+      benchmark::DoNotOptimize(in.q.grad().data());
+      in.q.zero_grad(), in.k.zero_grad(), in.v.zero_grad();
+    } else {
+      veil::NoGradGuard no_grad;
+      benchmark::DoNotOptimize(attention(in, mask).data());
+    }
   }
-  state.SetLabel(kMaskNames[kind]);
-  set_counters(state, 4.0 * kBatch * kHeads * length * length * kHeadDim, kept_fraction(mask, length));
+  set_counters(state, c);
 }
 
-void BM_FusedForwardBackward(benchmark::State& state) {
-  const int kind = static_cast<int>(state.range(0));
-  const Index length = state.range(1);
-  check_against_reference(kind);
-  const Inputs in = make_inputs(length, true);
-  const auto mask = make_mask(kind, length);
-  for (auto _ : state) {
-    auto out = veil::scaled_dot_product_attention(in.q, in.k, in.v, mask);
-    out.backward(in.grad_out);
-    benchmark::DoNotOptimize(in.q.grad().data());
-    in.q.zero_grad(), in.k.zero_grad(), in.v.zero_grad();
+void fused(benchmark::State& state, const AttentionCase& c) {
+  run_case(state, c, [](const Inputs& in, const veil::mask::Mask& mask) {
+    return veil::scaled_dot_product_attention(in.q, in.k, in.v, mask);
+  });
+}
+
+void reference(benchmark::State& state, const AttentionCase& c) {
+  const double needed = c.score_bytes() * (c.backward ? 6 : 3);
+  if (needed > kReferenceMemoryBudget) {
+    const std::string reason = "needs " + std::to_string(static_cast<int>(std::ceil(needed / (1 << 30)))) +
+                               " GiB for materialised scores";
+    state.SkipWithError(reason.c_str());
+    return;
   }
-  state.SetLabel(kMaskNames[kind]);
-  set_counters(state, 14.0 * kBatch * kHeads * length * length * kHeadDim, kept_fraction(mask, length));
+  run_case(state, c, [](const Inputs& in, const veil::mask::Mask& mask) {
+    return veil::attention::reference_attention(in.q, in.k, in.v, mask).output;
+  });
 }
 
-void BM_ReferenceForwardBackward(benchmark::State& state) {
-  const int kind = static_cast<int>(state.range(0));
-  const Index length = state.range(1);
-  const Inputs in = make_inputs(length, true);
-  const auto mask = make_mask(kind, length);
-  for (auto _ : state) {
-    auto out = veil::attention::reference_attention(in.q, in.k, in.v, mask).output;
-    out.backward(in.grad_out);
-    benchmark::DoNotOptimize(in.q.grad().data());
-    in.q.zero_grad(), in.k.zero_grad(), in.v.zero_grad();
-  }
-  state.SetLabel(kMaskNames[kind]);
-  set_counters(state, 14.0 * kBatch * kHeads * length * length * kHeadDim, kept_fraction(mask, length));
+/// Reference cases in the quick grid: the short-L sweep and the L = 2048 forward+backward cases
+/// the README compares against; the other reference cases cost seconds each (full grid).
+bool reference_in_quick_grid(const AttentionCase& c) {
+  using bench::MaskKind;
+  if (!c.backward || c.head_dim != 64 || c.fused_only || c.query_length != c.key_length) return false;
+  if (c.query_length <= 1024) return true;
+  return c.query_length == 2048 &&
+         (c.mask == MaskKind::none || c.mask == MaskKind::causal || c.mask == MaskKind::documents_8_causal);
 }
 
-void mask_grid(benchmark::internal::Benchmark* b) {
-  for (int kind : {kNone, kCausal, kDocuments4Causal, kKeyPadding75, kAllow50}) b->Args({kind, 2048});
+std::string cpu_model() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);)
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown CPU";
 }
-
-BENCHMARK(BM_Sgemm1024)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_FusedForward)->Apply(mask_grid)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_FusedForwardBackward)->Apply(mask_grid)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_ReferenceForwardBackward)->Args({kCausal, 2048})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  bool full = false;
+  std::vector<char*> args;
+  for (int a = 0; a < argc; ++a) {
+    if (std::strcmp(argv[a], "--grid=full") == 0) full = true;
+    else if (std::strcmp(argv[a], "--grid=quick") != 0) args.push_back(argv[a]);
+  }
+  int count = static_cast<int>(args.size());
+  benchmark::Initialize(&count, args.data());
+  if (benchmark::ReportUnrecognizedArguments(count, args.data())) return 1;
+
+  benchmark::AddCustomContext("veil_threads", std::to_string(veil::num_threads()));
+  benchmark::AddCustomContext("compiler", "g++ " __VERSION__);
+  benchmark::AddCustomContext("flags", VEIL_BENCH_FLAGS);
+  benchmark::AddCustomContext("cpu_model", cpu_model());
+  benchmark::AddCustomContext("grid", full ? "full" : "quick");
+  benchmark::RegisterBenchmark("sgemm/eigen/1024", sgemm)->Unit(benchmark::kMillisecond)->UseRealTime();
+  for (const AttentionCase& c : bench::attention_cases(full)) {
+    benchmark::RegisterBenchmark(("attention/fused/" + c.name()).c_str(), fused, c)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    if (!c.fused_only && (full || reference_in_quick_grid(c)))
+      benchmark::RegisterBenchmark(("attention/reference/" + c.name()).c_str(), reference, c)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+  }
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

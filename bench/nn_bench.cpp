@@ -12,15 +12,26 @@
 // at B = 8, L = 512, E = 512, H = 8 (D = 64), fp32. Target: module / parts <= 1.25. The closing
 // "ratios" block divides the two (medians when run with --benchmark_repetitions).
 //
-//   build/bench/nn_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+//   nanogpt/veil/cpu_config, nanogpt/veil/gpu_config
+//                 one training step of examples/nanogpt (batch, forward, cross-entropy, backward,
+//                 gradient clipping, AdamW) in nanoGPT's documented CPU configuration (4 layers,
+//                 4 heads, 128 embd, block 64, batch 12) and its GPU one (6 layers, 6 heads, 384
+//                 embd, block 256, batch 64, dropout 0.2), on the text of --corpus=PATH (default:
+//                 the fortune files when installed, else generated text). PyTorch's side is
+//                 examples/nanogpt/reference/train_reference.py, run by bench/run.
+//
+//   build/bench/nn_bench [--corpus=PATH] --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <veil/attention.hpp>
 #include <veil/nn.hpp>
 
 #include <benchmark/benchmark.h>
 
 #include "median_reporter.hpp"
+#include "../examples/nanogpt/train.hpp"
 
 #include <cmath>
+#include <cstring>
+#include <filesystem>
 #include <iomanip>
 #include <iostream>
 #include <map>
@@ -56,9 +67,14 @@ void BM_MhaModule(benchmark::State& state) {
   const Tensor<float> x = leaf({kBatch, kLength, kEmbed}, generator);
   const Tensor<float> grad_out = veil::randn<float>({kBatch, kLength, kEmbed}, generator);
   {
-    const Tensor<float> y = mha(x, veil::mask::causal());
-    for (float value : y.to_vector())
-      if (!std::isfinite(value)) throw std::runtime_error("nn_bench: the module's output is not finite");
+    // Checked once against the module's reference path (need-weights: the materialised
+    // attention), outside the timed loop.
+    veil::NoGradGuard no_grad;
+    const auto fused = mha(x, veil::mask::causal()).to_vector();
+    const auto reference = mha.forward_with_weights(x, veil::mask::causal()).output.to_vector();
+    for (std::size_t e = 0; e < fused.size(); ++e)
+      if (!(std::abs(fused[e] - reference[e]) < 1e-4f))
+        throw std::runtime_error("nn_bench: the module's fused and reference outputs differ");
   }
   for (auto _ : state) {
     mha.zero_grad();
@@ -111,21 +127,86 @@ void BM_MhaPartsPacked(benchmark::State& state) {
       benchmark::Counter(flops_per_iteration() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-BENCHMARK(BM_MhaModule)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_MhaParts)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_MhaPartsPacked)->Unit(benchmark::kMillisecond)->UseRealTime();
+// Named like libtorch_bench's torch::nn::MultiheadAttention case, so the report can join them.
+constexpr const char* kModule = "mha/veil/fwd_bwd/causal/B8xL512xE512xH8";
+constexpr const char* kParts = "mha/veil_parts/fwd_bwd/causal/B8xL512xE512xH8";
+constexpr const char* kPartsPacked = "mha/veil_parts_packed/fwd_bwd/causal/B8xL512xE512xH8";
+BENCHMARK(BM_MhaModule)->Name(kModule)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_MhaParts)->Name(kParts)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_MhaPartsPacked)->Name(kPartsPacked)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+// ---- one nanogpt training step -------------------------------------------------------------------
+
+std::string corpus_path;  // --corpus=PATH
+
+nanogpt::Corpus bench_corpus() {
+  namespace fs = std::filesystem;
+  const std::string path = !corpus_path.empty() ? corpus_path : "/usr/share/games/fortunes";
+  if (fs::exists(path)) return nanogpt::load_corpus(path, std::nullopt);
+  // Generated text with a fortune-like vocabulary size: the step's cost depends on the vocabulary
+  // size and the shapes, not on the text.
+  std::u32string text;
+  veil::Generator generator(5);
+  for (int c = 0; c < 400000; ++c) text += static_cast<char32_t>(32 + generator.next_bits() % 90);
+  const auto vocabulary = nanogpt::Vocabulary::of_text(text);
+  const auto tokens = vocabulary.encode(text, "the generated text");
+  const std::size_t cut = tokens.size() * 9 / 10;
+  return {vocabulary, {{tokens.begin(), tokens.begin() + cut}, {}}, {{tokens.begin() + cut, tokens.end()}, {}}};
+}
+
+void nanogpt_step(benchmark::State& state, nanogpt::GptConfig config, Index batch_size) {
+  const nanogpt::Corpus corpus = bench_corpus();
+  config.vocab_size = corpus.vocabulary.size();
+  veil::Generator init(1337), data(1338), dropout(1339);
+  nanogpt::Gpt model(config, init, &dropout);
+  veil::optim::AdamW<float> optimizer(veil::optim::weight_decay_groups(
+      model.named_parameters(), veil::optim::AdamWOptions{1e-3, 0.9, 0.99, 1e-8, 0.1}));
+  const auto step = [&] {
+    const auto batch = nanogpt::window_batch(corpus.train, batch_size, config.block_size, data);
+    const auto logits = model.forward(batch.inputs, batch.positions, batch.mask);
+    const auto loss = veil::cross_entropy(logits, batch.targets);
+    loss.backward();
+    veil::optim::clip_grad_norm(model.parameters(), 1.0);
+    optimizer.step();
+    optimizer.zero_grad();
+    return loss.item();
+  };
+  // Checked once, outside the timed loop: a fresh model predicts about uniformly, loss ≈ ln V.
+  const double first_loss = step(), uniform = std::log(static_cast<double>(config.vocab_size));
+  if (!(std::abs(first_loss - uniform) < 0.1 * uniform))
+    throw std::runtime_error("nn_bench: the first nanogpt loss is " + std::to_string(first_loss) + ", expected about " +
+                             std::to_string(uniform));
+  for (auto _ : state) benchmark::DoNotOptimize(step());
+  state.counters["tokens_per_second"] = benchmark::Counter(static_cast<double>(batch_size * config.block_size),
+                                                           benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void nanogpt_cpu_config(benchmark::State& state) {
+  nanogpt_step(state, nanogpt::GptConfig{.block_size = 64, .n_layer = 4, .n_head = 4, .n_embd = 128, .dropout = 0.0}, 12);
+}
+void nanogpt_gpu_config(benchmark::State& state) {
+  nanogpt_step(state, nanogpt::GptConfig{.block_size = 256, .n_layer = 6, .n_head = 6, .n_embd = 384, .dropout = 0.2}, 64);
+}
+
+BENCHMARK(nanogpt_cpu_config)->Name("nanogpt/veil/cpu_config")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(nanogpt_gpu_config)
+    ->Name("nanogpt/veil/gpu_config")
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->Iterations(2)
+    ->Repetitions(1);  // seconds per iteration: two iterations are the measurement
 
 /// Module time / parts time.
 class RatioReporter : public MedianReporter {
  protected:
   void write_ratios(std::ostream& out) override {
-    if (!has("BM_MhaModule") || !has("BM_MhaParts")) return;
-    const double module = summary("BM_MhaModule").seconds, parts = summary("BM_MhaParts").seconds;
+    if (!has(kModule) || !has(kParts)) return;
+    const double module = summary(kModule).seconds, parts = summary(kParts).seconds;
     out << "  MultiHeadAttention fwd+bwd B=8 L=512 E=512 H=8 causal: " << module * 1e3
         << " ms vs projections + fused attention alone " << parts * 1e3 << " ms: ratio " << module / parts
         << " (target <= 1.25)\n";
-    if (has("BM_MhaPartsPacked")) {
-      const double packed = summary("BM_MhaPartsPacked").seconds;
+    if (has(kPartsPacked)) {
+      const double packed = summary(kPartsPacked).seconds;
       out << "  the same against one packed q/k/v GEMM + out GEMM + fused attention " << packed * 1e3
           << " ms: ratio " << module / packed << " (the module's glue)\n";
     }
@@ -135,6 +216,13 @@ class RatioReporter : public MedianReporter {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::vector<char*> args;
+  for (int a = 0; a < argc; ++a) {
+    if (std::strncmp(argv[a], "--corpus=", 9) == 0) corpus_path = argv[a] + 9;
+    else args.push_back(argv[a]);
+  }
+  argc = static_cast<int>(args.size());
+  argv = args.data();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   RatioReporter reporter;

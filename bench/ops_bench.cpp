@@ -3,7 +3,12 @@
 //                         data: GFLOP/s;
 //   autograd bookkeeping  a 10,000-op chain on 1-element tensors, forward + backward: ns per op
 //                         (the same chain under NoGradGuard is the cost of the arithmetic alone);
-//   elementwise add       two 16M-float tensors vs std::memcpy of the same size: bytes/s.
+//   elementwise add       two 16M-float tensors vs std::memcpy of the same size: bytes/s;
+//   softmax, layer_norm,  forward + backward of the row-wise ops a transformer runs, as bytes/s of
+//   cross_entropy         their unavoidable traffic (each input read, each output written once per
+//                         pass), to compare with the memcpy bandwidth: softmax over [4096, 4096],
+//                         layer_norm over [8192, 768], cross_entropy over [1024, 50257] (GPT-2's
+//                         vocabulary).
 // Results are checked once, outside the timed loop. The closing "ratios" block divides each
 // target by its baseline (medians when run with --benchmark_repetitions).
 //
@@ -15,6 +20,7 @@
 
 #include "median_reporter.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -203,6 +209,106 @@ void BM_Memcpy16MFreshOutput(benchmark::State& state) {
 }
 BENCHMARK(BM_Memcpy16MFreshOutput)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// ---- row-wise ops: softmax, layer_norm, cross_entropy ----------------------------------------------
+
+/// Largest |veil - float64| over `rows` sampled rows of a row-wise op, against `reference`, which
+/// computes one row in double.
+template <class Reference>
+double sampled_row_error(const Tensor<float>& x, const Tensor<float>& y, Index cols, Reference reference) {
+  double worst = 0;
+  const Index rows = x.numel() / cols;
+  for (Index r = 0; r < rows; r += rows / 7 + 1) {
+    const std::vector<double> row(x.data() + r * cols, x.data() + (r + 1) * cols);
+    const std::vector<double> expected = reference(row);
+    for (Index c = 0; c < cols; ++c) worst = std::max(worst, std::abs(expected[c] - y.data()[r * cols + c]));
+  }
+  return worst;
+}
+
+void set_traffic(benchmark::State& state, double floats_moved) {
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * floats_moved * sizeof(float)));
+}
+
+void BM_Softmax(benchmark::State& state) {
+  constexpr Index rows = 4096, cols = 4096;
+  veil::Generator gen(3);
+  const auto x = veil::randn<float>({rows, cols}, gen).set_requires_grad();
+  const auto grad_y = veil::randn<float>({rows, cols}, gen);
+  const Tensor<float> y0 = veil::softmax(x, 1);
+  const double error = sampled_row_error(x, y0, cols, [](const std::vector<double>& row) {
+    const double top = *std::max_element(row.begin(), row.end());
+    std::vector<double> e(row.size());
+    double sum = 0;
+    for (std::size_t c = 0; c < row.size(); ++c) sum += e[c] = std::exp(row[c] - top);
+    for (double& v : e) v /= sum;
+    return e;
+  });
+  if (!(error < 1e-6)) state.SkipWithError("softmax: differs from the float64 result");
+  for (auto _ : state) {
+    Tensor<float> y = veil::softmax(x, 1);
+    y.backward(grad_y);
+    benchmark::DoNotOptimize(x.grad().data());
+    x.zero_grad();
+  }
+  set_traffic(state, 5.0 * rows * cols);  // forward reads x, writes y; backward reads y, dy, writes dx
+}
+BENCHMARK(BM_Softmax)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_LayerNorm(benchmark::State& state) {
+  constexpr Index rows = 8192, cols = 768;
+  veil::Generator gen(4);
+  const auto x = veil::randn<float>({rows, cols}, gen).set_requires_grad();
+  const auto weight = veil::randn<float>({cols}, gen).set_requires_grad();
+  const auto bias = veil::randn<float>({cols}, gen).set_requires_grad();
+  const auto grad_y = veil::randn<float>({rows, cols}, gen);
+  const Tensor<float> y0 = veil::layer_norm(x, {cols}, weight, bias);
+  const double error = sampled_row_error(x, y0, cols, [&](const std::vector<double>& row) {
+    double mean = 0, variance = 0;
+    for (double v : row) mean += v;
+    mean /= cols;
+    for (double v : row) variance += (v - mean) * (v - mean);
+    const double rstd = 1.0 / std::sqrt(variance / cols + 1e-5);
+    std::vector<double> out(row.size());
+    for (Index c = 0; c < cols; ++c) out[c] = (row[c] - mean) * rstd * weight.data()[c] + bias.data()[c];
+    return out;
+  });
+  if (!(error < 1e-4)) state.SkipWithError("layer_norm: differs from the float64 result");
+  for (auto _ : state) {
+    Tensor<float> y = veil::layer_norm(x, {cols}, weight, bias);
+    y.backward(grad_y);
+    benchmark::DoNotOptimize(x.grad().data());
+    x.zero_grad(), weight.zero_grad(), bias.zero_grad();
+  }
+  set_traffic(state, 5.0 * rows * cols);  // forward reads x, writes y; backward reads x, dy, writes dx
+}
+BENCHMARK(BM_LayerNorm)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_CrossEntropy50257(benchmark::State& state) {
+  constexpr Index rows = 1024, vocab = 50257;
+  veil::Generator gen(5);
+  const auto logits = veil::randn<float>({rows, vocab}, gen).set_requires_grad();
+  const auto targets = veil::randint<std::int64_t>({rows}, gen, 0, vocab);
+  double expected = 0;  // mean over rows of logsumexp(row) - row[target], in double
+  for (Index r = 0; r < rows; ++r) {
+    const float* row = logits.data() + r * vocab;
+    const double top = *std::max_element(row, row + vocab);
+    double sum = 0;
+    for (Index c = 0; c < vocab; ++c) sum += std::exp(row[c] - top);
+    expected += top + std::log(sum) - row[targets.data()[r]];
+  }
+  expected /= rows;
+  const double loss0 = veil::cross_entropy(logits, targets).item();
+  if (!(std::abs(loss0 - expected) < 1e-5 * expected)) state.SkipWithError("cross_entropy: differs from the float64 loss");
+  for (auto _ : state) {
+    Tensor<float> loss = veil::cross_entropy(logits, targets);
+    loss.backward();
+    benchmark::DoNotOptimize(logits.grad().data());
+    logits.zero_grad();
+  }
+  set_traffic(state, 3.0 * rows * vocab);  // forward reads the logits; backward reads them and writes dlogits
+}
+BENCHMARK(BM_CrossEntropy50257)->Unit(benchmark::kMillisecond)->UseRealTime();
+
 // ---- ratios ---------------------------------------------------------------------------------------
 
 /// Each target divided by its baseline.
@@ -226,6 +332,12 @@ class RatioReporter : public MedianReporter {
             << " to memcpy into mapped pages\n";
       }
     }
+    if (has("BM_Memcpy16M"))
+      for (const char* name : {"BM_Softmax", "BM_LayerNorm", "BM_CrossEntropy50257"})
+        if (has(name))
+          out << "  " << name + 3 << " fwd+bwd: " << summary(name).counters["bytes_per_second"] / 1e9
+              << " GB/s of traffic, ratio " << summary(name).counters["bytes_per_second"] / summary("BM_Memcpy16M").counters["bytes_per_second"]
+              << " to memcpy\n";
     if (has("BM_AutogradChain")) {
       const double per_op = summary("BM_AutogradChain").counters["time_per_op"];
       out << "  autograd chain    " << per_op * 1e9 << " ns per op (forward + backward)";

@@ -42,6 +42,8 @@ def main():
     for name, default in [("lr", 1e-3), ("min-lr", 1e-4), ("beta2", 0.99), ("weight-decay", 0.1),
                           ("grad-clip", 1.0), ("dropout", 0.0)]:
         parser.add_argument("--" + name, type=float, default=default)
+    parser.add_argument("--timing-only", action="store_true",
+                        help="skip the validation loss: only time the iterations (for bench/run)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -87,6 +89,10 @@ def main():
         if step % 100 == 0:
             print(f"iter {step}: loss {loss.item():.4f}, {times[-1] * 1000:.1f} ms", flush=True)
 
+    times.sort()
+    print(f"torch {torch.__version__}: median {times[len(times) // 2] * 1000:.2f} ms/iter over {len(times)} iterations")
+    if args.timing_only:
+        return
     model.eval()
     windows = (len(validation) - 1) // T
     total = 0.0
@@ -97,8 +103,6 @@ def main():
             y = torch.stack([validation[i * T + 1:(i + 1) * T + 1] for i in chunk])
             logits, _ = model(x)
             total += F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), reduction="sum").item()
-    times.sort()
-    print(f"torch {torch.__version__}: median {times[len(times) // 2] * 1000:.2f} ms/iter over {len(times)} iterations")
     print(f"val_loss {total / (windows * T):.6f}")
 
 

@@ -51,7 +51,8 @@ std::vector<std::uint32_t> training_step(std::uint64_t seed) {
   loss.backward();
   std::vector<std::uint32_t> bits;
   const auto append = [&bits](const Tensor<float>& t) {
-    if (!t.defined()) throw std::logic_error("training_step: a gradient is missing");  // no Catch2 macro off the main thread
+    // Thrown rather than REQUIRE'd: Catch2's macros are not thread-safe, run_together rethrows it.
+    if (!t.defined()) throw std::logic_error("training_step: a gradient is missing");
     for (float value : t.to_vector()) bits.push_back(std::bit_cast<std::uint32_t>(value));
   };
   append(loss);

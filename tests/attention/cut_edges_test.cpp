@@ -294,7 +294,7 @@ TEST_CASE("+inf in a kept bias entry gives NaN in its row instead of a clamped v
   }
 }
 
-TEST_CASE("-1e30 and the lowest float in a bias are finite biases, not cuts", "[attention][cut_edges][bias]") {
+TEST_CASE("Biases of -1e30 and the lowest float are finite biases, not cuts", "[attention][cut_edges][bias]") {
   // Only -inf cuts an edge. A row whose bias is -1e30 everywhere still attends: the common offset
   // cancels in the softmax, so its weights are those of the scores alone, and its logsumexp is
   // finite. A single -1e30 next to finite entries gets a weight and a gradient of 0 up to float's

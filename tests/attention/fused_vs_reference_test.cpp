@@ -14,7 +14,8 @@
 // directly, so the per-edge rounding differs even where the exact dS is 0 (Lk = 1: P = 1 and
 // dS = 0, which the naive path happens to reproduce exactly, so its error term is 0).
 // Independent per-term rounding grows like sqrt(R), so the gradient floor is multiplied by
-// sqrt(max(1, R / 16)) (1 up to 16 terms, ~4 at Lq = 257). Positions that are ±inf or NaN in ref64 must
+// sqrt(max(1, R / 16)) (1 up to 16 terms, ~4 at Lq = 257); d(bias) also allows the rounding left
+// where dS cancels exactly (see run_case). Positions that are ±inf or NaN in ref64 must
 // hold the same value in the fused result.
 //
 // The seed is printed and can be overridden with VEIL_ATTENTION_SEED; VEIL_TEST_SCALE (default 1)
@@ -391,11 +392,11 @@ struct Stats {
 
 void check_quantity(const char* name, const std::vector<double>& fused, const std::vector<double>& naive,
                     const std::vector<double>& golden, double factor, bool is_gradient, const Case& c, Stats& stats,
-                    double floor_multiplier = 1.0) {
+                    double floor_multiplier = 1.0, double cancellation = 0.0) {
   const double fused_error = max_error(fused, golden);
   const double naive_error = max_error(naive, golden);
   const double floor = 1e-5 * floor_multiplier * (is_gradient ? std::max(1.0, max_magnitude(golden)) : 1.0);
-  const double allowed = factor * (std::isfinite(naive_error) ? naive_error : 0.0) + floor;
+  const double allowed = factor * (std::isfinite(naive_error) ? naive_error : 0.0) + floor + cancellation;
   if (is_gradient)
     stats.worst_grad_error = std::max(stats.worst_grad_error, fused_error);
   else
@@ -438,7 +439,18 @@ void run_case(const Case& c, Stats& stats) {
   check_quantity("dv", f32.dv, n32.dv, r64.dv, 3, true, c, stats, growth(group * static_cast<double>(c.Lq)));
   if (uses_bias(c.kind)) {
     const double summed = static_cast<double>(c.B * c.H * c.Lq * c.Lk) / static_cast<double>(numel_of_shape(c.bias_shape));
-    check_quantity("dbias", f32.dbias, n32.dbias, r64.dbias, 3, true, c, stats, growth(summed));
+    // dS = P∘(dP − δ): dP_ij = dO_i·v_j and δ_i = dO_i·O_i are sums of Dv products taken in
+    // different orders, so where the exact dS is 0 (Lk = 1: P = 1, O = v) the fused kernel keeps
+    // their rounding difference, up to a few ulps of Σ_d |dO_id·O_id|, while the naive path
+    // cancels exactly and allows nothing. Allowed: 4 ulps of the largest such sum, per summed term.
+    double largest_dot = 0;
+    for (Index row = 0; row < c.B * c.H * c.Lq; ++row) {
+      double dot = 0;
+      for (Index d = 0; d < c.Dv; ++d) dot += std::abs(in.grad_out[row * c.Dv + d] * r64.out[row * c.Dv + d]);
+      if (std::isfinite(dot)) largest_dot = std::max(largest_dot, dot);
+    }
+    const double cancellation = 4 * std::ldexp(1.0, -24) * largest_dot * growth(summed);
+    check_quantity("dbias", f32.dbias, n32.dbias, r64.dbias, 3, true, c, stats, growth(summed), cancellation);
   }
   ++stats.cases;
 }

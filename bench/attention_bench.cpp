@@ -6,7 +6,7 @@
 //                                    matmul with autograd (skipped where its score tensors would
 //                                    not fit the memory budget)
 // Counters: dense_GFLOPs (every pair counted), effective_GFLOPs (kept pairs only),
-// sgemm_fraction (dense rate ÷ the SGEMM rate measured above), peak_RSS_MB (this case alone).
+// sgemm_fraction (effective rate ÷ the SGEMM rate measured above), peak_RSS_MB (this case alone).
 // Before a mask kind is timed, its fused result (output and the q, k, v gradients) is checked
 // against the reference once on a small instance of the case, outside any timed loop.
 //
@@ -115,13 +115,14 @@ void check_against_reference(const AttentionCase& c) {
 }
 
 void set_counters(benchmark::State& state, const AttentionCase& c) {
-  const double gflop = c.dense_flops() * 1e-9;
-  state.counters["dense_GFLOPs"] = benchmark::Counter(gflop, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["effective_GFLOPs"] =
-      benchmark::Counter(gflop * bench::kept_fraction(c), benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["sgemm_fraction"] =
-      benchmark::Counter(gflop / sgemm_rate(), benchmark::Counter::kIsIterationInvariantRate);
+  // First: kept_fraction materialises the mask, which is no part of the case's memory.
   state.counters["peak_RSS_MB"] = bench::peak_resident_bytes() / (1 << 20);
+  const double gflop = c.dense_flops() * 1e-9, kept = bench::kept_fraction(c);
+  state.counters["dense_GFLOPs"] = benchmark::Counter(gflop, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["effective_GFLOPs"] = benchmark::Counter(gflop * kept, benchmark::Counter::kIsIterationInvariantRate);
+  // Over kept pairs: the share of the machine's GEMM rate spent on work the mask asks for.
+  state.counters["sgemm_fraction"] =
+      benchmark::Counter(gflop * kept / sgemm_rate(), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 template <class Attention>

@@ -23,7 +23,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
 #include <set>
 #include <string>
@@ -184,15 +183,9 @@ std::string cpu_model() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool full = false;
-  std::vector<char*> args;
-  for (int a = 0; a < argc; ++a) {
-    if (std::strcmp(argv[a], "--grid=full") == 0) full = true;
-    else if (std::strcmp(argv[a], "--grid=quick") != 0) args.push_back(argv[a]);
-  }
-  int count = static_cast<int>(args.size());
-  benchmark::Initialize(&count, args.data());
-  if (benchmark::ReportUnrecognizedArguments(count, args.data())) return 1;
+  const bool full = bench::take_grid_flag(argc, argv);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
 
   benchmark::AddCustomContext("veil_threads", std::to_string(veil::num_threads()));
   benchmark::AddCustomContext("compiler", "g++ " __VERSION__);

@@ -139,6 +139,20 @@ inline double kept_fraction(const AttentionCase& c) {
          static_cast<double>(keep.numel());
 }
 
+/// Takes --grid=quick (the default) or --grid=full out of the command line, before Google
+/// Benchmark parses the rest; true for full.
+inline bool take_grid_flag(int& argc, char** argv) {
+  bool full = false;
+  int kept = 0;
+  for (int a = 0; a < argc; ++a) {
+    const std::string arg = argv[a];
+    if (arg == "--grid=full") full = true;
+    else if (arg != "--grid=quick") argv[kept++] = argv[a];
+  }
+  argc = kept;
+  return full;
+}
+
 /// The grid. quick: the cases behind the README's speed claims plus a short sweep over L (a few
 /// minutes on 2 cores). full: every mask × L ∈ {512 … 8192} × D ∈ {64, 128} × B·H ∈ {1, 32} ×
 /// {fwd, fwd_bwd}, L = 16384 fused-only, and decoding (Lq = 1 against Lk = 4096).

@@ -56,7 +56,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <limits>
 #include <set>
@@ -273,15 +272,9 @@ std::string environment(const char* name) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool full = false;
-  std::vector<char*> args;
-  for (int a = 0; a < argc; ++a) {
-    if (std::strcmp(argv[a], "--grid=full") == 0) full = true;
-    else if (std::strcmp(argv[a], "--grid=quick") != 0) args.push_back(argv[a]);
-  }
-  int count = static_cast<int>(args.size());
-  benchmark::Initialize(&count, args.data());
-  if (benchmark::ReportUnrecognizedArguments(count, args.data())) return 1;
+  const bool full = bench::take_grid_flag(argc, argv);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
 
   if (!std::getenv("OMP_NUM_THREADS")) at::set_num_threads(2);
   benchmark::AddCustomContext("torch_version", TORCH_VERSION);

@@ -151,10 +151,7 @@ void fused(benchmark::State& state, const AttentionCase& c) {
 }
 
 void reference(benchmark::State& state, const AttentionCase& c) {
-  const double needed = c.score_bytes() * (c.backward ? 6 : 3);
-  if (needed > kReferenceMemoryBudget) {
-    const std::string reason = "needs " + std::to_string(static_cast<int>(std::ceil(needed / (1 << 30)))) +
-                               " GiB for materialised scores";
+  if (const std::string reason = c.skip_reason(c.backward ? 6 : 3, kReferenceMemoryBudget); !reason.empty()) {
     state.SkipWithError(reason.c_str());
     return;
   }

@@ -10,6 +10,7 @@
 #include <veil/attention.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -87,6 +88,13 @@ struct AttentionCase {
   }
   /// Bytes of one materialised [B, H, Lq, Lk] float tensor; the reference path keeps several.
   double score_bytes() const { return 4.0 * batch * heads * query_length * key_length; }
+  /// Why a materialised path holding `score_tensors` such tensors skips this case within
+  /// `budget` bytes, or "" when it fits.
+  std::string skip_reason(double score_tensors, double budget) const {
+    const double needed = score_bytes() * score_tensors;
+    if (needed <= budget) return "";
+    return "needs " + std::to_string(static_cast<int>(std::ceil(needed / (1 << 30)))) + " GiB for materialised scores";
+  }
 };
 
 /// Seeded random document lengths covering `length` exactly (between length/16 and length/4 each,

@@ -182,10 +182,7 @@ void set_counters(benchmark::State& state, const AttentionCase& c, double kept) 
 
 void run_case(benchmark::State& state, const AttentionCase& c, const std::string& implementation,
               const Attention& attention) {
-  const double needed = c.score_bytes() * (c.backward ? 4 : 2);
-  if (needed > kMemoryBudget) {
-    const std::string reason = "needs " + std::to_string(static_cast<int>(std::ceil(needed / (1 << 30)))) +
-                               " GiB for materialised scores";
+  if (const std::string reason = c.skip_reason(c.backward ? 4 : 2, kMemoryBudget); !reason.empty()) {
     state.SkipWithError(reason.c_str());
     return;
   }

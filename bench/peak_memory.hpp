@@ -6,11 +6,15 @@
 #include <fstream>
 #include <string>
 
+#include <veil/tensor.hpp>
+
 namespace bench {
 
 /// Resets the resident-set high-water mark to the current resident set. Returns false where the
-/// kernel does not allow it (the peak then covers the process so far).
+/// kernel does not allow it (the peak then covers the process so far). Empties veil's storage
+/// cache first: blocks cached by earlier cases would otherwise count in this one's peak.
 inline bool reset_peak_resident_memory() {
+  veil::release_cached_storage();
   std::ofstream clear("/proc/self/clear_refs");
   if (!clear) return false;
   clear << "5";

@@ -1,4 +1,4 @@
-// Front door of the tensor layer: Tensor<T>, shapes, storage, factories, Generator, printing.
+// Front door of the tensor layer: Tensor<T>, shapes, storage and its cache, factories, Generator, printing.
 #pragma once
 
 #include "veil/core.hpp"
@@ -7,4 +7,5 @@
 #include "veil/tensor/random.hpp"
 #include "veil/tensor/shape.hpp"
 #include "veil/tensor/storage.hpp"
+#include "veil/tensor/storage_cache.hpp"
 #include "veil/tensor/tensor.hpp"

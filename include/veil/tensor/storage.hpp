@@ -14,6 +14,7 @@
 
 #include "veil/core/check.hpp"
 #include "veil/core/types.hpp"
+#include "veil/tensor/storage_cache.hpp"
 
 namespace veil {
 
@@ -22,8 +23,8 @@ class Storage {
  public:
   static constexpr std::size_t alignment = 64;
   /// Buffers from this size up are placed on 2 MiB boundaries and marked for transparent huge
-  /// pages: glibc returns such blocks to the kernel on free, so each new one would otherwise
-  /// start as thousands of 4 KiB page faults, which cost more than the elementwise op writing it.
+  /// pages: a fresh block starts as page faults (see storage_cache.hpp), and one 2 MiB fault
+  /// costs far less than 512 of 4 KiB. Freed large blocks are kept in the storage cache.
   static constexpr std::size_t huge_page_threshold = std::size_t{16} << 20;
   static constexpr std::size_t huge_page = std::size_t{2} << 20;
 
@@ -34,13 +35,13 @@ class Storage {
     VEIL_CHECK(size > 0 && static_cast<std::size_t>(size) <= std::numeric_limits<std::size_t>::max() / sizeof(T) / 2,
                ValueError, "Storage: cannot allocate ", size, " elements");
     const std::size_t raw = static_cast<std::size_t>(size) * sizeof(T);
-    const std::size_t align = raw >= huge_page_threshold ? huge_page : alignment;
-    const std::size_t bytes = (raw + align - 1) / align * align;
-    data_ = static_cast<T*>(std::aligned_alloc(align, bytes));
-    if (data_ == nullptr) throw std::bad_alloc();
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (align == huge_page) madvise(static_cast<void*>(data_), bytes, MADV_HUGEPAGE);  // a hint: failure is harmless
-#endif
+    cached_ = raw >= min_cached_bytes;
+    if (cached_) {
+      // Page-rounded so that blocks of nearly equal size are interchangeable in the cache.
+      const std::size_t wanted = (raw + 4095) / 4096 * 4096;
+      data_ = static_cast<T*>(detail::StorageCache::instance().take(wanted, capacity_));
+    }
+    if (data_ == nullptr) allocate(raw);
 #ifdef VEIL_DEBUG_NAN_FILL
     if constexpr (std::is_floating_point_v<T>) {
       for (Index i = 0; i < size; ++i) data_[i] = std::numeric_limits<T>::quiet_NaN();
@@ -51,14 +52,31 @@ class Storage {
   }
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
-  ~Storage() { std::free(data_); }
+  ~Storage() {
+    if (cached_)
+      detail::StorageCache::instance().give(static_cast<void*>(data_), capacity_);
+    else
+      std::free(data_);
+  }
 
   T* data() const { return data_; }
   Index size() const { return size_; }
 
  private:
+  void allocate(std::size_t raw) {
+    const std::size_t align = raw >= huge_page_threshold ? huge_page : alignment;
+    capacity_ = (raw + align - 1) / align * align;
+    data_ = static_cast<T*>(std::aligned_alloc(align, capacity_));
+    if (data_ == nullptr) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (align == huge_page) madvise(static_cast<void*>(data_), capacity_, MADV_HUGEPAGE);  // a hint: failure is harmless
+#endif
+  }
+
   T* data_ = nullptr;
   Index size_ = 0;
+  std::size_t capacity_ = 0;  // bytes allocated, at least size_ * sizeof(T)
+  bool cached_ = false;       // large enough for the storage cache: freed into it
 };
 
 }  // namespace veil

@@ -508,3 +508,33 @@ TEST_CASE("Lengths around the tile sizes agree with the reference for every quer
                       << stats.worst_ratio << " at " << stats.worst_case);
   CHECK(stats.cases == 2 * 6 * 5 * 2);
 }
+
+TEST_CASE("A huge finite bias on every kept score of a row leaves that row's gradients exact",
+          "[attention][fused][reference][additive]") {
+  // Row 1 of each head carries -1e30 on all its keys, row 3 on all keys but one. In float,
+  // m + log l rounds to m = -1e30 there, so the backward must not rebuild P from that sum alone.
+  const Index B = 1, H = 2, Lq = 5, Lk = 7, D = 4;
+  std::mt19937_64 rng(11);
+  const Inputs in{random_values(rng, B * H * Lq * D), random_values(rng, B * H * Lk * D),
+                  random_values(rng, B * H * Lk * D), random_values(rng, B * H * Lq * D)};
+  std::vector<double> bias_values(static_cast<std::size_t>(Lq * Lk), 0.0);
+  for (Index j = 0; j < Lk; ++j) bias_values[static_cast<std::size_t>(1 * Lk + j)] = -1e30;
+  for (Index j = 1; j < Lk; ++j) bias_values[static_cast<std::size_t>(3 * Lk + j)] = -1e30;
+
+  const auto run_with = [&](auto tag, bool fused) {
+    using T = decltype(tag);
+    auto q = tensor_of<T>(in.q, {B, H, Lq, D}).set_requires_grad(true);
+    auto k = tensor_of<T>(in.k, {B, H, Lk, D}).set_requires_grad(true);
+    auto v = tensor_of<T>(in.v, {B, H, Lk, D}).set_requires_grad(true);
+    const auto m = mask::additive(tensor_of<T>(bias_values, {Lq, Lk}));
+    const auto out = fused ? veil::scaled_dot_product_attention(q, k, v, m) : attention::reference_attention(q, k, v, m).output;
+    out.backward(tensor_of<T>(in.grad_out, {B, H, Lq, D}));
+    return std::vector<std::vector<double>>{values_of(out), values_of(q.grad()), values_of(k.grad()), values_of(v.grad())};
+  };
+  const auto fused = run_with(float{}, true), golden = run_with(double{}, false);
+  const char* names[] = {"output", "dq", "dk", "dv"};
+  for (std::size_t t = 0; t < fused.size(); ++t) {
+    INFO(names[t] << ": max error " << max_error(fused[t], golden[t]));
+    CHECK(max_error(fused[t], golden[t]) < 1e-5 * std::max(1.0, max_magnitude(golden[t])));
+  }
+}

@@ -138,12 +138,10 @@ class MaskBuilder {
 
   Tensor<float> bias_tensor() {
     Tensor<float> out = Tensor<float>::empty(mask_shape());
-    // -100 stands for "a large finite penalty". Not -1e30: a row whose every kept score carries
-    // that bias has a logsumexp of -1e30 + log(n), which rounds to -1e30 in float, and the
-    // backward's P = exp(S - logsumexp) then no longer sums to 1 (the fused kernel saves only the
-    // logsumexp, as FlashAttention-2 does), so gradients through such rows are off by a factor n.
+    // -1e30 is a large finite penalty: a row whose every kept score carries it has m + log l
+    // equal to m in float, which the backward must survive (fused_kernel.hpp saves both).
     constexpr float values[] = {0.0f, -std::numeric_limits<float>::infinity(), 0.5f, -1.25f, 2.0f,
-                                -std::numeric_limits<float>::infinity(), -100.0f, 1.0f};
+                                -std::numeric_limits<float>::infinity(), -1e30f, 1.0f};
     const auto pattern = in_.ConsumeIntegral<std::uint64_t>();
     for (Index e = 0; e < out.numel(); ++e) out.data()[e] = values[(pattern >> (3 * (e % 21))) & 7];
     description += veil::detail::concat(veil::to_string(out.shape()), "{");
@@ -233,7 +231,7 @@ void check_close(const Tensor<float>& fused, const Tensor<float>& reference, dou
   for (std::size_t e = 0; e < a.size(); ++e) {
     if (a[e] == b[e]) continue;  // also equal infinities
     VEIL_FUZZ_CHECK(!std::isnan(a[e]) && !std::isnan(b[e]), what, ": element ", e, " is ", a[e], ", reference ", b[e]);
-    // Relative for large values (a row of -100 biases has a logsumexp near -100).
+    // Relative for large values (a row of -1e30 biases has a logsumexp near -1e30).
     VEIL_FUZZ_CHECK(std::abs(double(a[e]) - double(b[e])) <= tolerance * std::max(1.0, std::abs(double(b[e]))), what,
                     ": element ", e, " is ", a[e], ", reference ", b[e]);
   }

@@ -2,13 +2,15 @@
 //
 // Glossary: B batch, H query heads, Hkv key/value heads (H % Hkv == 0, group G = H / Hkv),
 // Lq / Lk query / key length, D query/key head dim, Dv value head dim.
-// q: [B, H, Lq, D]  k: [B, Hkv, Lk, D]  v: [B, Hkv, Lk, Dv]  ->  out: [B, H, Lq, Dv], lse: [B, H, Lq]
+// q: [B, H, Lq, D]  k: [B, Hkv, Lk, D]  v: [B, Hkv, Lk, Dv]  ->  out: [B, H, Lq, Dv], m, log l: [B, H, Lq]
 //
 // Forward, per (b, h, query tile), over key tiles: S = (scale·Q)Kᵀ (+ bias), masked entries set to
 // -inf, online softmax (running max m, running sum l, accumulator O rescaled when m grows),
-// normalised once at the end. Saves only O and logsumexp = m + log l.
+// normalised once at the end. Saves only O, m and log l. (Not their sum, the logsumexp, as
+// FlashAttention does: when a large finite bias such as -1e30 sits on every kept score, m + log l
+// rounds to m and P recomputed from it would sum to the number of kept keys instead of 1.)
 // Backward, per (b, kv head, key-tile partition), key tiles outer with dK/dV tiles kept hot:
-// recompute P = exp(S - lse) per tile, dV += Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP - δ) with
+// recompute P = exp((S - m) - log l) per tile, dV += Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP - δ) with
 // δ = rowsum(dO ∘ O), dQ += dS K, dK += dSᵀ (scale·Q). dQ needs no atomics: a work item owns
 // whole query heads, or (few heads) a private dQ per key-tile partition summed in fixed order.
 //
@@ -18,7 +20,7 @@
 // or K (backward) holds a non-finite value, the GEMM reads a copy whose rows no query of the
 // tile keeps are zeroed: keys masked for every query are never read, bit for bit. (A key kept by
 // some query of a tile is read by the whole tile: NaN in it reaches that tile's other rows.)
-// Fully masked rows end with l = 0: output 0, logsumexp -inf, and they are masked in every tile
+// Fully masked rows end with l = 0: output 0, m = log l = -inf, and they are masked in every tile
 // they appear in, so their dS, and hence dQ, is exactly 0.
 #pragma once
 
@@ -226,11 +228,11 @@ TileKind tile_scores(const HeadMask<T>& mask, TileKind kind, const ConstMatrixMa
   return kind;
 }
 
-/// Fills out [B, H, Lq, Dv] (contiguous) and logsumexp [B, H, Lq] (contiguous).
+/// Fills out [B, H, Lq, Dv] and the row maxima and log row sums [B, H, Lq] (all contiguous).
 template <class T>
 void attention_forward(const Operand<T>& query, const Operand<T>& key, const Operand<T>& value,
                        const mask::Bound<T>& mask, const KernelShape& s, const KernelConfig& config, T* out,
-                       T* logsumexp) {
+                       T* saved_row_max, T* saved_row_log_sum) {
   const Index tile_q = config.tile_q, tile_k = config.tile_k;
   const Index tiles_q = (s.query_length + tile_q - 1) / tile_q;
   const Index tiles_k = (s.key_length + tile_k - 1) / tile_k;
@@ -302,15 +304,16 @@ void attention_forward(const Operand<T>& query, const Operand<T>& key, const Ope
 
     for (Index r = 0; r < rows; ++r) {
       T* out_row = out + ((bh * s.query_length) + q0 + r) * Dv;
-      T& lse = logsumexp[bh * s.query_length + q0 + r];
+      const Index row_index = bh * s.query_length + q0 + r;
       if (row_sum[r] == T(0)) {  // fully masked row: output exactly 0
         std::fill(out_row, out_row + Dv, T(0));
-        lse = minus_infinity;
+        saved_row_max[row_index] = saved_row_log_sum[row_index] = minus_infinity;
         continue;
       }
       const T inverse = T(1) / row_sum[r];
       for (Index d = 0; d < Dv; ++d) out_row[d] = accumulator(r, d) * inverse;
-      lse = row_max[r] + std::log(row_sum[r]);
+      saved_row_max[row_index] = row_max[r];
+      saved_row_log_sum[row_index] = std::log(row_sum[r]);
     }
   });
 }
@@ -321,7 +324,7 @@ void attention_forward(const Operand<T>& query, const Operand<T>& key, const Ope
 template <class T>
 void attention_backward(const Operand<T>& query, const Operand<T>& key, const Operand<T>& value,
                         const mask::Bound<T>& mask, const KernelShape& s, const KernelConfig& config, const T* out,
-                        const T* logsumexp, const Operand<T>& grad_out, T* grad_query, T* grad_key, T* grad_value,
+                        const T* saved_row_max, const T* saved_row_log_sum, const Operand<T>& grad_out, T* grad_query, T* grad_key, T* grad_value,
                         T* grad_logits) {
   const Index tile_q = config.tile_q, tile_k = config.tile_k;
   const Index tiles_q = (s.query_length + tile_q - 1) / tile_q;
@@ -393,12 +396,16 @@ void attention_backward(const Operand<T>& query, const Operand<T>& key, const Op
                              keep.data(), tile_k);
           if (kind == TileKind::empty) continue;
 
-          // P = exp(S - lse); rows with lse = -inf are fully masked and only occur in partial
-          // tiles, where every score of theirs is -inf: exp(-inf - 0) = 0.
+          // P = exp((S - m) - log l); rows with m = -inf are fully masked and only occur in partial
+          // tiles, where every score of theirs is -inf: exp(-inf) = 0.
           for (Index r = 0; r < rows; ++r) {
-            const T lse = logsumexp[bh * s.query_length + q0 + r];
+            const Index row_index = bh * s.query_length + q0 + r;
+            const T m = saved_row_max[row_index];
             RowArrayMap<T> row(scores.data() + r * tile_k, key_count);
-            row = (row - (lse == minus_infinity ? T(0) : lse)).exp();
+            if (m == minus_infinity)
+              row = row.exp();
+            else
+              row = ((row - m) - saved_row_log_sum[row_index]).exp();
             if (kind == TileKind::partial) zero_cut_edges(row.data(), keep.data() + r * tile_k, key_count);
           }
           const ConstMatrixMap<T> p(scores.data(), rows, key_count, Eigen::OuterStride<>(tile_k));

@@ -80,8 +80,12 @@ AttentionResult<T> scaled_dot_product_attention_with_logsumexp(const Tensor<T>& 
 
   const auto query = detail::prepare(q), key = detail::prepare(k), value = detail::prepare(v);
   Tensor<T> out = Tensor<T>::empty({s.batch, s.heads, s.query_length, s.value_dim});
+  Tensor<T> row_max = Tensor<T>::empty({s.batch, s.heads, s.query_length});
+  Tensor<T> row_log_sum = Tensor<T>::empty({s.batch, s.heads, s.query_length});
+  detail::attention_forward(query.operand, key.operand, value.operand, *bound, s, config, out.data(), row_max.data(),
+                            row_log_sum.data());
   Tensor<T> logsumexp = Tensor<T>::empty({s.batch, s.heads, s.query_length});
-  detail::attention_forward(query.operand, key.operand, value.operand, *bound, s, config, out.data(), logsumexp.data());
+  for (Index i = 0; i < logsumexp.numel(); ++i) logsumexp.data()[i] = row_max.data()[i] + row_log_sum.data()[i];
   if (options.fully_masked_rows == FullyMaskedRows::throw_error) detail::check_fully_masked_rows(logsumexp, s);
 
   std::vector<Tensor<T>> biases;
@@ -91,7 +95,7 @@ AttentionResult<T> scaled_dot_product_attention_with_logsumexp(const Tensor<T>& 
 
   out = autograd::record<T>(
       "scaled_dot_product_attention", out, inputs,
-      [s, config, bound, query, key, value, out = out.detach(), logsumexp,
+      [s, config, bound, query, key, value, out = out.detach(), row_max, row_log_sum,
        bias_shapes = [&] {
          std::vector<Shape> shapes;
          for (const auto& bias : biases) shapes.push_back(bias.shape());
@@ -106,7 +110,7 @@ AttentionResult<T> scaled_dot_product_attention_with_logsumexp(const Tensor<T>& 
         Tensor<T> grad_logits;
         if (bias_needs_grad) grad_logits = zeros<T>({s.batch, s.heads, s.query_length, s.key_length});
         detail::attention_backward(query.operand, key.operand, value.operand, *bound, s, config, out.data(),
-                                   logsumexp.data(), grad_out.operand, grad_q.data(), grad_k.data(), grad_v.data(),
+                                   row_max.data(), row_log_sum.data(), grad_out.operand, grad_q.data(), grad_k.data(), grad_v.data(),
                                    bias_needs_grad ? grad_logits.data() : nullptr);
         std::vector<Tensor<T>> grads{grad_q, grad_k, grad_v};
         for (std::size_t b = 0; b < bias_shapes.size(); ++b)

@@ -59,9 +59,11 @@ struct KernelConfig {
 
 /// Dropout keep test for edge (b, h, i, j): a pure function of the seed and the edge, so backward
 /// regenerates exactly the forward's mask without storing it.
-inline bool dropout_keeps(std::uint64_t seed, double p, const KernelShape& s, Index b, Index h, Index i, Index j) {
+/// threshold = unit_threshold(p): the edge is kept when its uniform draw is at least p.
+inline bool dropout_keeps(std::uint64_t seed, std::uint64_t threshold, const KernelShape& s, Index b, Index h, Index i,
+                          Index j) {
   const auto counter = static_cast<std::uint64_t>(((b * s.heads + h) * s.query_length + i) * s.key_length + j);
-  return veil::detail::bits_to_unit(veil::detail::random_bits(seed, counter)) >= p;
+  return (veil::detail::random_bits(seed, counter) >> 11) >= threshold;
 }
 
 /// Scratch memory aligned like Eigen's own: Eigen's vectorised row reductions peel a scalar head
@@ -238,6 +240,7 @@ void attention_forward(const Operand<T>& query, const Operand<T>& key, const Ope
   const Index tiles_k = (s.key_length + tile_k - 1) / tile_k;
   const T scale = static_cast<T>(config.scale);
   const T keep_scale = config.dropout > 0 ? static_cast<T>(1.0 / (1.0 - config.dropout)) : T(1);
+  const std::uint64_t dropout_threshold = veil::detail::unit_threshold(config.dropout);
   constexpr T minus_infinity = -std::numeric_limits<T>::infinity();
   const Index D = s.head_dim, Dv = s.value_dim;
 
@@ -289,7 +292,7 @@ void attention_forward(const Operand<T>& query, const Operand<T>& key, const Ope
       if (config.dropout > 0) {
         for (Index r = 0; r < rows; ++r)
           for (Index c = 0; c < cols; ++c)
-            dropped[r * tile_k + c] = dropout_keeps(config.dropout_seed, config.dropout, s, b, h, q0 + r, k0 + c)
+            dropped[r * tile_k + c] = dropout_keeps(config.dropout_seed, dropout_threshold, s, b, h, q0 + r, k0 + c)
                                           ? scores[r * tile_k + c] * keep_scale
                                           : T(0);
         probabilities = dropped.data();
@@ -332,6 +335,7 @@ void attention_backward(const Operand<T>& query, const Operand<T>& key, const Op
   const Index D = s.head_dim, Dv = s.value_dim, G = s.group();
   const T scale = static_cast<T>(config.scale);
   const T keep_scale = config.dropout > 0 ? static_cast<T>(1.0 / (1.0 - config.dropout)) : T(1);
+  const std::uint64_t dropout_threshold = veil::detail::unit_threshold(config.dropout);
   constexpr T minus_infinity = -std::numeric_limits<T>::infinity();
 
   // δ_i = rowsum(dO_i ∘ O_i) = Σ_j P_ij dP_ij: the softmax backward's row term, O(Lq·Dv).
@@ -415,7 +419,7 @@ void attention_backward(const Operand<T>& query, const Operand<T>& key, const Op
           if (config.dropout > 0) {
             for (Index r = 0; r < rows; ++r)
               for (Index c = 0; c < key_count; ++c) {
-                const bool kept = dropout_keeps(config.dropout_seed, config.dropout, s, b, h, q0 + r, key_begin + c);
+                const bool kept = dropout_keeps(config.dropout_seed, dropout_threshold, s, b, h, q0 + r, key_begin + c);
                 dropout_keep[r * tile_k + c] = kept;
                 dropped[r * tile_k + c] = kept ? scores[r * tile_k + c] * keep_scale : T(0);
               }

@@ -85,13 +85,14 @@ AttentionResult<T> reference_attention(const Tensor<T>& q, const Tensor<T>& k, c
   if (options.dropout > 0) {
     const std::uint64_t seed = options.generator->next_bits();
     const T keep_scale = static_cast<T>(1.0 / (1.0 - options.dropout));
+    const std::uint64_t threshold = veil::detail::unit_threshold(options.dropout);
     Tensor<T> multiplier = Tensor<T>::empty({B, H, Lq, Lk});
     for (Index b = 0; b < B; ++b)
       for (Index h = 0; h < H; ++h)
         for (Index i = 0; i < Lq; ++i)
           for (Index j = 0; j < Lk; ++j)
             multiplier.data()[((b * H + h) * Lq + i) * Lk + j] =
-                detail::dropout_keeps(seed, options.dropout, s, b, h, i, j) ? keep_scale : T(0);
+                detail::dropout_keeps(seed, threshold, s, b, h, i, j) ? keep_scale : T(0);
     probabilities = probabilities * multiplier;
   }
   Tensor<T> out = matmul(probabilities, values);

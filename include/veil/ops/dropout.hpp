@@ -20,16 +20,18 @@ namespace veil {
 
 namespace detail {
 
-/// True when element `i` of the block of draws starting at counter `first` is kept.
-inline bool dropout_keeps(std::uint64_t seed, std::uint64_t first, Index i, double p) {
-  return bits_to_unit(random_bits(seed, first + static_cast<std::uint64_t>(i))) >= p;
+/// True when element `i` of the block of draws starting at counter `first` is kept, that is when
+/// its uniform draw is at least p (threshold = unit_threshold(p)).
+inline bool dropout_keeps(std::uint64_t seed, std::uint64_t first, Index i, std::uint64_t threshold) {
+  return (random_bits(seed, first + static_cast<std::uint64_t>(i)) >> 11) >= threshold;
 }
 
 /// x: [n] contiguous  ->  y: [n];  y_i = keep_i ? x_i * scale : 0.
 template <class T>
 void dropout_forward(const T* x, T* y, Index count, std::uint64_t seed, std::uint64_t first, double p, T scale) {
+  const std::uint64_t threshold = unit_threshold(p);
   parallel_for(0, count, elementwise_grain, [&](Index begin, Index end) {
-    for (Index i = begin; i < end; ++i) y[i] = dropout_keeps(seed, first, i, p) ? x[i] * scale : T(0);
+    for (Index i = begin; i < end; ++i) y[i] = dropout_keeps(seed, first, i, threshold) ? x[i] * scale : T(0);
   });
 }
 

@@ -30,6 +30,10 @@ inline std::uint64_t random_bits(std::uint64_t seed, std::uint64_t counter) {
 /// Uniform double in [0, 1) from 53 random bits.
 inline double bits_to_unit(std::uint64_t bits) { return static_cast<double>(bits >> 11) * 0x1.0p-53; }
 
+/// For p in [0, 1): bits_to_unit(bits) >= p exactly when (bits >> 11) >= unit_threshold(p). The
+/// integer test vectorises; it is exact because p · 2^53 is exact in double.
+inline std::uint64_t unit_threshold(double p) { return static_cast<std::uint64_t>(std::ceil(std::ldexp(p, 53))); }
+
 }  // namespace detail
 
 class Generator {

@@ -4,8 +4,8 @@
 // Why: glibc returns blocks of more than a few MiB to the kernel on free, so a new tensor of that
 // size starts as page faults, each of which zeroes a fresh page before the op can write it. A
 // training step allocates the same activations every iteration; in nanoGPT's GPU configuration
-// zeroing fresh pages took a quarter of the step. (PyTorch's CUDA caching allocator keeps freed
-// blocks for the same reason; its CPU allocator does not.)
+// zeroing fresh pages took a third of the step (8.6 s -> 5.6 s with the cache). (PyTorch's CUDA
+// caching allocator keeps freed blocks for the same reason; its CPU allocator does not.)
 //
 // Policy: blocks of at least `min_cached_bytes` go into the cache when freed, most recently freed
 // last; when the cache would exceed its limit the blocks freed longest ago go back to the system.
